@@ -1,0 +1,1 @@
+"""Input pipelines: in-memory arrays (CIFAR, synthetic) kept on the device."""
