@@ -1,0 +1,24 @@
+"""ResNet-101 on ImageNet (ILSVRC 2012), the paper's recipe (sections 3.4, 4.1).
+
+Run (on a host or pod with ImageNet prepared for tensorflow-datasets):
+
+    python -m resnet_jax.main --config experiments/r101.py --workdir gs://BUCKET/r101 \
+        --config.data_dir=gs://BUCKET/tensorflow_datasets
+
+Until the streaming ImageNet pipeline lands, exercise the model and the recipe on
+synthetic data (images of the same shape, random labels):
+
+    python -m resnet_jax.main --config experiments/r101.py --workdir /tmp/r101 \
+        --config.dataset=synthetic --config.total_steps=20
+
+Recipe: SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at
+epochs 30 and 60, 90 epochs; option B shortcuts, stride on the first 1x1 (v1).
+Expected on the ImageNet validation set, paper Table 3: top-1 error 21.75%, top-5 6.05% (10-crop testing).
+Time on named hardware: not measured yet.
+"""
+
+from resnet_jax import configs
+
+
+def get_config():
+    return configs.paper_imagenet_config('resnet101')

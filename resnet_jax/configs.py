@@ -1,0 +1,216 @@
+"""Experiment configuration: the base config, loading config files, and validation.
+
+Every field a run reads lives in `get_base_config()` with its default and a comment, so
+that an experiment file only states what differs from the defaults. Values that can
+be derived (steps per epoch, the number of classes of a known data set, schedule
+boundaries given in epochs) are computed in code at run time, not frozen here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+
+import ml_collections
+from ml_collections import config_dict
+
+DATASETS = ('cifar10', 'image_folder', 'synthetic')
+DTYPES = ('float32', 'bfloat16')
+SCHEDULES = ('step', 'cosine')
+DURATION_UNITS = ('steps', 'epochs')
+AUGMENTATIONS = ('pad_crop_flip', 'flip', 'none')
+WEIGHT_DECAY_PARAMS = ('all', 'kernels')
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which field and how to fix it."""
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+    """Returns every field of an experiment with its default (the paper's CIFAR recipe)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Input. 'cifar10' and 'image_folder' are loaded once and kept on the device.
+    config.dataset = 'cifar10'
+    config.data_dir = ''  # '' searches $RESNET_JAX_DATA_DIR, ./data/cifar10-jpeg, tfds.
+    config.validation_examples = 0  # >0 holds these out of train and evaluates on them.
+    config.num_classes = config_dict.placeholder(int)  # None: from the data set.
+    config.image_size = config_dict.placeholder(int)  # None: from the data set.
+    config.synthetic = ml_collections.ConfigDict()
+    config.synthetic.num_train_examples = 1024
+    config.synthetic.num_eval_examples = 256
+    # The paper's CIFAR augmentation: 4-pixel zero pad, random crop, horizontal flip.
+    config.augment = 'pad_crop_flip'
+    config.pad_pixels = 4
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = 'cifar_resnet20'
+    config.model.variant = 'v1'  # 'v1' (paper) or 'v1.5' (stride on the 3x3).
+    config.model.shortcut = config_dict.placeholder(str)  # None: A for CIFAR, B for ImageNet.
+    config.model.zero_init_residual = False
+    config.model.bn_momentum = 0.9
+    config.model.bn_epsilon = 1e-5
+    config.dtype = 'float32'  # compute dtype; parameters and BN statistics stay float32.
+    # False: BatchNorm statistics per device, as the paper's multi-GPU training.
+    config.sync_batch_norm = False
+
+    # Length of the run: total_steps, or num_epochs when total_steps is None.
+    config.batch_size = 128  # global, over all devices and hosts.
+    config.eval_batch_size = 500
+    config.total_steps = config_dict.placeholder(int)
+    config.num_epochs = config_dict.placeholder(float)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.momentum = 0.9
+    config.optim.nesterov = False
+    config.optim.weight_decay = 1e-4
+    # 'all' decays every parameter (the paper, torchvision); 'kernels' skips BN and biases.
+    config.optim.weight_decay_params = 'all'
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = 'step'  # 'step' (the paper) or 'cosine'.
+    config.schedule.base_lr = 0.1
+    config.schedule.unit = 'steps'  # unit of `boundaries` and `warmup`: 'steps' or 'epochs'.
+    config.schedule.boundaries = ()  # step schedule: multiply by decay_factor at each.
+    config.schedule.decay_factor = 0.1
+    config.schedule.warmup = 0  # length of the warm-up, in `unit`.
+    # None: linear warm-up from 0 to base_lr. A value: constant warm-up at this rate
+    # (the paper's ResNet-110 uses 0.01 for the first 400 iterations).
+    config.schedule.warmup_lr = config_dict.placeholder(float)
+
+    config.log_every_steps = 100
+    config.eval_every_steps = 0  # 0: evaluate only at the end.
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    return config
+
+
+def paper_imagenet_config(model_name: str) -> ml_collections.ConfigDict:
+    """The paper's ImageNet recipe (section 3.4) for one model.
+
+    SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 "when the
+    error plateaus". The plateaus are fixed at epochs 30 and 60 of 90, the schedule of
+    fb.resnet.torch that reproduces the paper's numbers.
+    """
+    config = get_base_config()
+    config.dataset = 'imagenet2012'
+    config.image_size = 224
+    config.num_classes = 1000
+    config.augment = 'none'  # the streaming pipeline augments on the host.
+    config.model.name = model_name
+    config.model.variant = 'v1'
+    config.model.shortcut = 'B'
+    config.batch_size = 256
+    config.eval_batch_size = 250
+    config.num_epochs = 90.0
+    config.schedule.unit = 'epochs'
+    config.schedule.boundaries = (30, 60)
+    config.log_every_steps = 100
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 2000
+    return config
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `FILE[:ARG]` the way `--config` does: `get_config()` or `get_config(ARG)`."""
+    path, _, arg = spec.partition(':')
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f'config file {path!r} does not exist')
+    module_spec = importlib.util.spec_from_file_location(file.stem, file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    config.lock()
+    return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for a config that cannot run, before any data or compilation."""
+    from resnet_jax import models  # the model table is the authority on names.
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    check(config.dataset in DATASETS + ('imagenet2012',),
+          f'dataset={config.dataset!r}: choose one of {DATASETS}')
+    check(config.dataset != 'imagenet2012',
+          'dataset=imagenet2012 needs the streaming pipeline, which this release does not '
+          'have yet; run with --config.dataset=synthetic to exercise the model and recipe')
+    check(config.model.name in models.MODEL_NAMES,
+          f'model.name={config.model.name!r} is unknown; valid names: '
+          f'{", ".join(models.MODEL_NAMES)}')
+    check(config.model.variant in ('v1', 'v1.5'),
+          f"model.variant={config.model.variant!r}: choose 'v1' or 'v1.5'")
+    check(config.model.shortcut in (None, 'A', 'B', 'C', 'none'),
+          f"model.shortcut={config.model.shortcut!r}: choose 'A', 'B', 'C' or 'none'")
+    check(config.dtype in DTYPES, f'dtype={config.dtype!r}: choose one of {DTYPES}')
+    check(config.augment in AUGMENTATIONS,
+          f'augment={config.augment!r}: choose one of {AUGMENTATIONS}')
+    for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'keep_checkpoints',
+                  'checkpoint_every_steps'):
+        check(config[field] > 0, f'{field}={config[field]} must be positive')
+    check(config.eval_every_steps >= 0, 'eval_every_steps must be >= 0 (0: only at the end)')
+    check(config.pad_pixels >= 0, 'pad_pixels must be >= 0')
+    check(config.total_steps is not None or config.num_epochs is not None,
+          'set total_steps or num_epochs (total_steps wins when both are set)')
+    check(config.total_steps is None or config.total_steps > 0, 'total_steps must be positive')
+    check(config.num_epochs is None or config.num_epochs > 0, 'num_epochs must be positive')
+    if config.dataset == 'synthetic':
+        check(config.num_classes is not None and config.image_size is not None,
+              'dataset=synthetic needs --config.num_classes and --config.image_size')
+    check(config.num_classes is None or config.num_classes > 1, 'num_classes must be > 1')
+    check(config.image_size is None or config.image_size > 0, 'image_size must be positive')
+
+    schedule = config.schedule
+    check(schedule.name in SCHEDULES, f'schedule.name={schedule.name!r}: choose {SCHEDULES}')
+    check(schedule.unit in DURATION_UNITS,
+          f'schedule.unit={schedule.unit!r}: choose one of {DURATION_UNITS}')
+    check(schedule.base_lr > 0, f'schedule.base_lr={schedule.base_lr} must be positive')
+    check(schedule.warmup >= 0, 'schedule.warmup must be >= 0')
+    check(schedule.warmup_lr is None or schedule.warmup_lr > 0,
+          'schedule.warmup_lr must be positive (or None for a linear warm-up)')
+    boundaries = list(schedule.boundaries)
+    check(boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
+          f'schedule.boundaries={tuple(boundaries)} must be positive and increasing')
+    optim = config.optim
+    check(0 <= optim.momentum < 1, 'optim.momentum must be in [0, 1)')
+    check(optim.weight_decay >= 0, 'optim.weight_decay must be >= 0')
+    check(optim.weight_decay_params in WEIGHT_DECAY_PARAMS,
+          f'optim.weight_decay_params: choose one of {WEIGHT_DECAY_PARAMS}')
+
+
+def to_steps(amount: float, unit: str, steps_per_epoch: int) -> int:
+    """Converts a duration in `unit` ('steps' or 'epochs') to whole steps."""
+    if unit == 'epochs':
+        return int(math.ceil(amount * steps_per_epoch))
+    return int(amount)
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The run's length in steps, from total_steps or num_epochs."""
+    if config.total_steps is not None:
+        return config.total_steps
+    return to_steps(config.num_epochs, 'epochs', steps_per_epoch)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name=None):
+    """The model that `config.model` and `config.dtype` describe."""
+    import jax.numpy as jnp
+
+    from resnet_jax import models
+
+    return models.create_model(
+        config.model.name,
+        num_classes=num_classes,
+        shortcut=config.model.shortcut,
+        variant=config.model.variant,
+        zero_init_residual=config.model.zero_init_residual,
+        dtype=jnp.dtype(config.dtype),
+        bn_momentum=config.model.bn_momentum,
+        bn_epsilon=config.model.bn_epsilon,
+        bn_axis_name=bn_axis_name,
+    )

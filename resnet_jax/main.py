@@ -1,0 +1,37 @@
+"""Trains and evaluates a ResNet from an experiment config.
+
+    python -m resnet_jax.main --config experiments/cifar10.py:resnet56 --workdir DIR \\
+        [--config.field=value ...]
+
+Running the same command again on the same workdir resumes from its last checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import configs, train
+from resnet_jax.data import arrays
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally FILE:ARG.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (configs.ConfigError, arrays.DatasetNotFoundError, train.NonFiniteLossError,
+            train.WorkdirError) as error:
+        # Errors of the user's making: the message says what to fix; no traceback.
+        logging.error('%s: %s', type(error).__name__, error)
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    app.run(main)

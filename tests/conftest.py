@@ -1,0 +1,26 @@
+"""Shared test fixtures. The whole suite runs on 2 simulated CPU devices."""
+
+import os
+import pathlib
+
+# Before JAX is imported anywhere: data-parallel code paths run on 2 devices in every test.
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='session')
+def cifar10_dir() -> pathlib.Path:
+    """The real CIFAR-10 image folder: $RESNET_JAX_CIFAR10_DIR or ../shared/data/cifar10-jpeg.
+
+    Read-only: tests must never write into it.
+    """
+    path = pathlib.Path(os.environ.get('RESNET_JAX_CIFAR10_DIR')
+                        or REPO_ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg')
+    if not path.is_dir():
+        pytest.skip(f'real CIFAR-10 not found at {path} (set RESNET_JAX_CIFAR10_DIR to an '
+                    'image folder with train/ and test/)')
+    return path
