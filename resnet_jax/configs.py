@@ -21,6 +21,8 @@ SCHEDULES = ('step', 'cosine')
 DURATION_UNITS = ('steps', 'epochs')
 AUGMENTATIONS = ('pad_crop_flip', 'flip', 'none')
 WEIGHT_DECAY_PARAMS = ('all', 'kernels')
+# (num_classes, image_size) of the data sets whose shape is known without loading them.
+DATASET_SHAPES = {'cifar10': (10, 32), 'imagenet2012': (1000, 224)}
 
 
 class ConfigError(ValueError):

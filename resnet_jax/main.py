@@ -6,6 +6,7 @@
 Running the same command again on the same workdir resumes from its last checkpoint.
 """
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -24,6 +25,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    # Orbax logs every step of every save at INFO; keep its warnings and errors only.
+    logging.get_absl_handler().addFilter(
+        lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (configs.ConfigError, arrays.DatasetNotFoundError, train.NonFiniteLossError,

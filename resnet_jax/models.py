@@ -238,7 +238,8 @@ def _depth_table() -> dict[str, ModelSpec]:
     for depth in (18, 34):
         table[f'plain{depth}'] = dataclasses.replace(table[f'resnet{depth}'], plain=True)
     # CIFAR-10 (Section 4.2): 6n+2 layers, 3 stages of n basic blocks, 16/32/64 filters.
-    for n in (3, 5, 7, 9, 18, 200):
+    # n=1 (ResNet-8) is not in the paper: the smallest member, for tests and smoke runs.
+    for n in (1, 3, 5, 7, 9, 18, 200):
         table[f'cifar_resnet{6 * n + 2}'] = ModelSpec(
             'cifar', 'basic', (n,) * 3, (16, 32, 64), False)
     for n in (3, 5, 7, 9, 18):

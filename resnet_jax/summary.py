@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog='python -m resnet_jax.summary',
         description='Per-stage parameters and multiply-adds of a ResNet.')
     parser.add_argument('--model', help='a name from resnet_jax.models.MODEL_NAMES')
+    parser.add_argument('--config', metavar='FILE[:ARG]',
+                        help='the model of an experiment config, e.g. experiments/r50.py')
     parser.add_argument('--variant', choices=VARIANTS, default='v1')
     parser.add_argument('--shortcut', choices=SHORTCUTS, default=None,
                         help='default: B for ImageNet ResNets, A for CIFAR, none for plain')
@@ -125,10 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
 _STEM_DEFAULTS = {'imagenet': (1000, 224), 'cifar': (10, 32)}
 
 
+def model_from_config(spec: str, num_classes: int | None, image_size: int | None):
+    """The model and image side of an experiment config `FILE[:ARG]`."""
+    from resnet_jax import configs
+
+    config = configs.load_config(spec)
+    known_classes, known_size = configs.DATASET_SHAPES.get(config.dataset, (None, None))
+    num_classes = num_classes or config.num_classes or known_classes
+    image_size = image_size or config.image_size or known_size
+    if num_classes is None or image_size is None:
+        raise ValueError(f'{spec} does not fix num_classes and image_size: pass '
+                         '--num-classes and --image-size')
+    return configs.build_model(config, num_classes), image_size
+
+
 def model_from_args(args: argparse.Namespace) -> tuple[ResNet, int]:
     """The model and image side the command line asks for; ValueError if it is invalid."""
+    if args.config is not None:
+        if args.model is not None:
+            raise ValueError('give either --model or --config, not both')
+        return model_from_config(args.config, args.num_classes, args.image_size)
     if args.model is None:
-        raise ValueError('--model is required')
+        raise ValueError('--model or --config is required')
     num_classes, image_size = _STEM_DEFAULTS[model_spec(args.model).stem]
     num_classes = num_classes if args.num_classes is None else args.num_classes
     image_size = image_size if args.image_size is None else args.image_size

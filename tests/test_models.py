@@ -126,7 +126,7 @@ def test_model_names_cover_the_paper():
     assert MODEL_NAMES == (
         'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet200',
         'plain18', 'plain34',
-        'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
+        'cifar_resnet8', 'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
         'cifar_resnet110', 'cifar_resnet1202',
         'cifar_plain20', 'cifar_plain32', 'cifar_plain44', 'cifar_plain56', 'cifar_plain110',
     )

@@ -123,3 +123,17 @@ def test_cli_plain_net_with_shortcut_exits_2(capsys):
         main(['--model', 'plain18', '--shortcut', 'B'])
     assert info.value.code == 2
     assert 'plain' in capsys.readouterr().err
+
+
+def test_cli_config_of_an_experiment(capsys):
+    assert main(['--config', 'experiments/cifar10.py:resnet56']) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == 'params=853018 macs=125485696'
+    assert main(['--config', 'experiments/r50.py']) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == 'params=25557032 macs=3857973248'
+
+
+def test_cli_config_and_model_together_exits_2(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(['--config', 'experiments/r50.py', '--model', 'resnet18'])
+    assert raised.value.code == 2
+    assert 'not both' in capsys.readouterr().err
