@@ -13,7 +13,8 @@ synthetic data (images of the same shape, random labels):
 
 Recipe: SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at
 epochs 30 and 60, 90 epochs; option B shortcuts, stride on the first 1x1 (v1).
-Expected on the ImageNet validation set, paper Table 3: top-1 error 24.52%, top-5 7.46% (10-crop testing, option B);
+Expected (ImageNet validation), paper Table 3: top-1 error 24.52%, top-5 7.46%
+(10-crop testing, option B);
 Table 2 with option A: 25.03% (plain-34 28.54%).
 Time on named hardware: not measured yet.
 """

@@ -13,7 +13,8 @@ synthetic data (images of the same shape, random labels):
 
 Recipe: SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at
 epochs 30 and 60, 90 epochs; option B shortcuts, stride on the first 1x1 (v1).
-Expected on the ImageNet validation set, paper Table 3: top-1 error 22.85%, top-5 6.71% (10-crop testing).
+Expected (ImageNet validation), paper Table 3: top-1 error 22.85%, top-5 6.71%
+(10-crop testing).
 Time on named hardware: not measured yet.
 """
 

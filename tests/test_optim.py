@@ -58,7 +58,8 @@ def test_cosine_with_linear_warmup():
 
 
 def test_weight_decay_mask():
-    params = {'conv': {'kernel': 1}, 'bn': {'scale': 1, 'bias': 1}, 'head': {'kernel': 1, 'bias': 1}}
+    params = {'conv': {'kernel': 1}, 'bn': {'scale': 1, 'bias': 1},
+              'head': {'kernel': 1, 'bias': 1}}
     assert optim.weight_decay_mask(params, 'all') == {
         'conv': {'kernel': True}, 'bn': {'scale': True, 'bias': True},
         'head': {'kernel': True, 'bias': True}}
