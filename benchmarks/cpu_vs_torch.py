@@ -1,0 +1,192 @@
+"""JAX against PyTorch, side by side in one run: the training step of the same model.
+
+    python benchmarks/cpu_vs_torch.py                      # the three cases of issue 5
+    python benchmarks/cpu_vs_torch.py --case experiments/cifar10.py:resnet56@128 \
+        --contenders jax,jax-2dev,torch,torch-compile --repeats 7
+
+Each contender is a worker process that builds and compiles its step once, then waits.
+The parent asks the workers in turn, round after round, to time one window of `--steps`
+steps, so that every contender sees the same machine load (this machine is shared and
+noisy). It prints the median seconds per step of each and the ratio to PyTorch eager
+(> 1: faster than torch eager).
+
+Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
+the XLA_FLAGS of the environment), `jax-2dev` (the same on 2 simulated CPU devices, data
+parallel over the cores), `torch`, `torch-compile`, and any `jax+NAME` defined with
+`--variant NAME='--xla_flag=value ...'` (extra XLA_FLAGS; for trying XLA options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_CASES = ('experiments/cifar10.py:resnet20@128', 'experiments/cifar10.py:resnet56@128',
+                 'experiments/r50.py@32')
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _jax_worker(config_spec: str, batch_size: int, dtype: str):
+    from resnet_jax import benchmark
+
+    config = benchmark.load_config(config_spec, batch_size, dtype)
+    steps = benchmark.build_steps(config)
+    return steps.train, steps.train_compile_s
+
+
+def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
+    import torch
+
+    sys.path.insert(0, str(REPO / 'benchmarks'))
+    import torch_reference
+
+    from resnet_jax import benchmark
+
+    config = benchmark.load_config(config_spec, batch_size, dtype)
+    num_classes, image_size = benchmark._dataset_shape(config)
+    model = torch_reference.ResNet(config.model.name, num_classes, config.model.variant,
+                                   config.model.shortcut)
+    images, labels = torch_reference.synthetic_data(batch_size, image_size, num_classes)
+    pad = config.pad_pixels if config.augment == 'pad_crop_flip' else None
+    step = torch_reference.make_train_step(
+        model, dtype=dtype, augment_pad=pad, pixel_mean=images.float().mean(0),
+        compile=compile)
+    batches = [torch.arange(i * batch_size, (i + 1) * batch_size) for i in range(4)]
+    start = time.perf_counter()
+    step(images, labels, batches[0])  # torch.compile compiles here
+    return (lambda i: step(images, labels, batches[i % 4])), time.perf_counter() - start
+
+
+def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
+           warmup: int) -> None:
+    """Builds one contender, then times a window per 'run' line read from stdin."""
+    if kind.startswith('torch'):
+        run, compile_s = _torch_worker(config_spec, batch_size, dtype, kind == 'torch-compile')
+        block = lambda out: out  # noqa: E731 -- torch on the CPU is synchronous
+    else:
+        import jax
+
+        run, compile_s = _jax_worker(config_spec, batch_size, dtype)
+        block = jax.block_until_ready
+    step = 0
+    for _ in range(warmup):
+        block(run(step))
+        step += 1
+    print(json.dumps({'ready': True, 'compile_s': compile_s}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != 'run':
+            break
+        start = time.perf_counter()
+        out = None
+        for _ in range(steps):
+            out = run(step)
+            step += 1
+        block(out)
+        print(json.dumps({'step_s': (time.perf_counter() - start) / steps}), flush=True)
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    flags = env.get('XLA_FLAGS', '')
+    if kind == 'jax-2dev':
+        flags += ' --xla_force_host_platform_device_count=2'
+    elif kind.startswith('jax+'):
+        flags += ' ' + variants[kind[4:]]
+    env['XLA_FLAGS'] = flags.strip()
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
+    return env
+
+
+def run_case(case: str, contenders: list[str], variants: dict[str, str], dtype: str,
+             steps: int, repeats: int, warmup: int) -> dict:
+    """Times every contender on one `CONFIG@BATCH` case, alternating windows."""
+    spec, _, batch = case.rpartition('@')
+    procs = {}
+    for kind in contenders:
+        cmd = [sys.executable, __file__, '--worker', kind, '--worker-config', spec,
+               '--batch-size', batch, '--dtype', dtype, '--steps', str(steps),
+               '--warmup', str(warmup)]
+        procs[kind] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, env=_worker_env(kind, variants), cwd=REPO)
+        # Build one at a time, so that compilations do not overlap the others' timing.
+        ready = json.loads(procs[kind].stdout.readline())
+        print(f'  {kind}: ready, compile/first step {ready["compile_s"]:.1f} s',
+              file=sys.stderr, flush=True)
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for r in range(repeats):
+        # Rotate the order each round, so that no contender always follows the same one.
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        for kind in order:
+            procs[kind].stdin.write('run\n')
+            procs[kind].stdin.flush()
+            times[kind].append(json.loads(procs[kind].stdout.readline())['step_s'])
+    for p in procs.values():
+        p.stdin.close()
+        p.wait()
+    return {'case': case, 'batch_size': int(batch), 'dtype': dtype, 'steps': steps,
+            'times': times, 'medians': {k: statistics.median(v) for k, v in times.items()}}
+
+
+def format_case(result: dict) -> str:
+    medians = result['medians']
+    reference = medians.get('torch')
+    windows = len(next(iter(result['times'].values())))
+    lines = [f'{result["case"]} ({result["dtype"]}), median of {windows} windows of '
+             f'{result["steps"]} steps:']
+    for kind, t in medians.items():
+        ratio = f'  x{reference / t:.2f} vs torch eager' if reference else ''
+        spread = result['times'][kind]
+        lines.append(f'  {kind:<16} {1e3 * t:9.1f} ms/step  '
+                     f'{result["batch_size"] / t:8.1f} img/s  '
+                     f'(min {1e3 * min(spread):.1f}, max {1e3 * max(spread):.1f}){ratio}')
+    return '\n'.join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--case', action='append', help='CONFIG[:ARG]@BATCH (repeatable)')
+    parser.add_argument('--contenders', default='jax,torch',
+                        help='comma-separated: jax, jax-2dev, jax+NAME, torch, torch-compile')
+    parser.add_argument('--variant', action='append', default=[], metavar="NAME='FLAGS'",
+                        help='extra XLA_FLAGS for the contender jax+NAME')
+    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+    parser.add_argument('--steps', type=int, default=3, help='steps per timed window')
+    parser.add_argument('--repeats', type=int, default=5, help='rounds of windows')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--json', metavar='OUT')
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
+    parser.add_argument('--worker-config', help=argparse.SUPPRESS)
+    parser.add_argument('--batch-size', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.worker_config, int(args.batch_size), args.dtype, args.steps,
+               args.warmup)
+        return 0
+    variants = dict(v.split('=', 1) for v in args.variant)
+    contenders = args.contenders.split(',')
+    results = []
+    for case in args.case or DEFAULT_CASES:
+        print(f'{case}:', file=sys.stderr, flush=True)
+        result = run_case(case, contenders, variants, args.dtype, args.steps, args.repeats,
+                          args.warmup)
+        print(format_case(result), flush=True)
+        results.append(result)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=2) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The ResNets of resnet_jax written in PyTorch, and their training step: a speed reference.
+
+    python benchmarks/torch_reference.py --model cifar_resnet20 --batch-size 128
+    python benchmarks/torch_reference.py --model resnet50 --variant v1.5 --batch-size 32 --compile
+
+The architectures come from the same depth table as the JAX models
+(`resnet_jax.models.model_spec`): ImageNet ResNets with shortcut B (the v1.5 ResNet-50 is
+torchvision's `resnet50`, 25,557,032 parameters) and the CIFAR nets with option A. Same
+init is not attempted. The step does what the JAX step does: gather the batch from uint8
+images in memory, the paper's CIFAR augmentation where the config asks for it, per-pixel
+mean subtraction, forward in channels-last (NHWC memory), softmax cross-entropy,
+backward, SGD with momentum 0.9 and weight decay 1e-4 on every parameter. bfloat16 runs
+under `torch.autocast` (parameters float32, as in JAX).
+
+Torch is an optional dependency (`pip install 'resnet_jax[bench]'`): nothing in the package
+or its tests imports this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_jax import models
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
+
+
+class Shortcut(nn.Module):
+    """Identity, option A (subsample and zero-pad channels) or a 1x1 projection + BN."""
+
+    def __init__(self, cin: int, cout: int, stride: int, kind: str):
+        super().__init__()
+        self.cout, self.stride = cout, stride
+        changes = stride != 1 or cin != cout
+        self.kind = 'identity' if not changes and kind != 'C' else kind
+        if self.kind in ('B', 'C'):
+            self.proj = nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == 'identity':
+            return x
+        if self.kind == 'A':
+            x = x[:, :, ::self.stride, ::self.stride]
+            return F.pad(x, (0, 0, 0, 0, 0, self.cout - x.shape[1]))
+        return self.proj(x)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int, shortcut: str, variant: str):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(cin, width, 3, stride), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = _conv(width, width, 3, 1), nn.BatchNorm2d(width)
+        self.shortcut = Shortcut(cin, width, stride, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int, shortcut: str, variant: str):
+        super().__init__()
+        s1, s2 = (stride, 1) if variant == 'v1' else (1, stride)
+        self.conv1, self.bn1 = _conv(cin, width, 1, s1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = _conv(width, width, 3, s2), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = _conv(width, 4 * width, 1, 1), nn.BatchNorm2d(4 * width)
+        self.shortcut = Shortcut(cin, 4 * width, stride, shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """Stem, stages, global average pool, linear head: the JAX `ResNet` in torch."""
+
+    def __init__(self, name: str, num_classes: int, variant: str = 'v1',
+                 shortcut: str | None = None):
+        super().__init__()
+        spec = models.model_spec(name)
+        if spec.plain:
+            raise ValueError('the reference covers the residual nets only')
+        shortcut = shortcut or ('A' if spec.stem == 'cifar' else 'B')
+        block = {'basic': BasicBlock, 'bottleneck': Bottleneck}[spec.block]
+        width = spec.stage_widths[0]
+        if spec.stem == 'imagenet':
+            self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, 1))
+        else:
+            self.stem = nn.Sequential(_conv(3, width, 3, 1), nn.BatchNorm2d(width),
+                                      nn.ReLU(inplace=True))
+        layers, cin = [], width
+        for i, (size, w) in enumerate(zip(spec.stage_sizes, spec.stage_widths, strict=True)):
+            for j in range(size):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(block(cin, w, stride, shortcut, variant))
+                cin = w * block.expansion
+        self.stages = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def augment(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Random `pad`-pixel crop and horizontal flip of uint8 NHWC images (the paper's)."""
+    b, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (2, b))
+    rows = (offsets[0, :, None] + torch.arange(h))[:, :, None]
+    cols = (offsets[1, :, None] + torch.arange(w))[:, None, :]
+    cropped = padded[torch.arange(b)[:, None, None], rows, cols]
+    flip = (torch.rand(b) < 0.5)[:, None, None, None]
+    return torch.where(flip, cropped.flip(2), cropped)
+
+
+def make_train_step(
+    model: nn.Module, *, dtype: str = 'float32', augment_pad: int | None = None,
+    pixel_mean: torch.Tensor | None = None, compile: bool = False,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`step(images_uint8_nhwc, labels, indices) -> loss`: one SGD step, as the JAX step."""
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    forward = torch.compile(model) if compile else model
+    autocast_dtype = torch.bfloat16 if dtype == 'bfloat16' else None
+
+    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        x = images[indices]
+        if augment_pad is not None:
+            x = augment(x, augment_pad)
+        x = x.float()
+        if pixel_mean is not None:
+            x = x - pixel_mean
+        # NHWC memory seen as NCHW: exactly torch's channels-last layout.
+        x = (x / 255.0).permute(0, 3, 1, 2)
+        with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), labels[indices])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def make_eval_step(model: nn.Module, *, dtype: str = 'float32', compile: bool = False):
+    """`evaluate(images_uint8_nhwc, indices) -> logits`, BN in inference mode."""
+    model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile else model
+    autocast_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
+
+    @torch.no_grad()
+    def evaluate(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        x = (images[indices].float() / 255.0).permute(0, 3, 1, 2)
+        with torch.autocast('cpu', dtype=autocast_dtype, enabled=dtype == 'bfloat16'):
+            logits = forward(x)
+        model.train()
+        return logits
+
+    return evaluate
+
+
+def synthetic_data(batch_size: int, image_size: int, num_classes: int, seed: int = 0):
+    """uint8 NHWC images and int64 labels for 4 batches, as the JAX benchmark makes them."""
+    g = torch.Generator().manual_seed(seed)
+    n = 4 * batch_size
+    images = torch.randint(0, 256, (n, image_size, image_size, 3), generator=g,
+                           dtype=torch.uint8)
+    return images, torch.randint(0, num_classes, (n,), generator=g)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', default='cifar_resnet20')
+    parser.add_argument('--variant', default='v1', choices=('v1', 'v1.5'))
+    parser.add_argument('--batch-size', type=int, default=128)
+    parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--compile', action='store_true')
+    args = parser.parse_args(argv)
+
+    cifar = models.model_spec(args.model).stem == 'cifar'
+    num_classes, image_size = (10, 32) if cifar else (1000, 224)
+    model = ResNet(args.model, num_classes, args.variant)
+    images, labels = synthetic_data(args.batch_size, image_size, num_classes)
+    step = make_train_step(model, dtype=args.dtype, augment_pad=4 if cifar else None,
+                           pixel_mean=images.float().mean(0), compile=args.compile)
+    batches = [torch.arange(i * args.batch_size, (i + 1) * args.batch_size) for i in range(4)]
+    start = time.perf_counter()
+    step(images, labels, batches[0])
+    print(f'first step (compile) {time.perf_counter() - start:.1f} s')
+    times = []
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        for i in range(args.steps):
+            step(images, labels, batches[(r * args.steps + i) % 4])
+        times.append((time.perf_counter() - start) / args.steps)
+    median = statistics.median(times)
+    print(f'{args.model} {args.variant} batch {args.batch_size} {args.dtype}'
+          f'{" compiled" if args.compile else ""}: median {1e3 * median:.1f} ms/step '
+          f'(min {1e3 * min(times):.1f}, max {1e3 * max(times):.1f}), '
+          f'{args.batch_size / median:.1f} images/s, {torch.get_num_threads()} threads')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
