@@ -82,6 +82,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (the paper's ResNet-110 uses 0.01 for the first 400 iterations).
     config.schedule.warmup_lr = config_dict.placeholder(float)
 
+    # False: a non-finite loss stops the run. True: such steps are skipped (no update).
+    config.skip_nonfinite_steps = False
+
     config.log_every_steps = 100
     config.eval_every_steps = 0  # 0: evaluate only at the end.
     config.checkpoint_every_steps = 1000
@@ -109,6 +112,9 @@ def paper_imagenet_config(model_name: str) -> ml_collections.ConfigDict:
     config.num_epochs = 90.0
     config.schedule.unit = 'epochs'
     config.schedule.boundaries = (30, 60)
+    # False: a non-finite loss stops the run. True: such steps are skipped (no update).
+    config.skip_nonfinite_steps = False
+
     config.log_every_steps = 100
     config.eval_every_steps = 5000
     config.checkpoint_every_steps = 2000

@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import configs, train
+from resnet_jax import checkpoint, configs, preemption, train
 from resnet_jax.data import arrays
 
 FLAGS = flags.FLAGS
@@ -30,8 +30,10 @@ def main(argv):
         lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except preemption.Preempted:
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)  # the checkpoint is committed; rerun to go on
     except (configs.ConfigError, arrays.DatasetNotFoundError, train.NonFiniteLossError,
-            train.WorkdirError) as error:
+            train.WorkdirError, checkpoint.IncompatibleCheckpointError) as error:
         # Errors of the user's making: the message says what to fix; no traceback.
         logging.error('%s: %s', type(error).__name__, error)
         sys.exit(1)

@@ -15,15 +15,29 @@ class MetricWriter:
     Only the first process writes, so a multi-process job records each value once.
     """
 
-    def __init__(self, workdir: str | pathlib.Path):
+    def __init__(self, workdir: str | pathlib.Path, start_step: int):
+        """Continues the history of a run resumed at `start_step`.
+
+        Records of later steps (written after the checkpoint that the run resumed from,
+        then lost with the process) are dropped, so each step appears once.
+        """
         self._enabled = jax.process_index() == 0
         if not self._enabled:
             return
         from tensorboardX import SummaryWriter  # imported here: only process 0 needs it.
 
         workdir = pathlib.Path(workdir)
-        self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')  # noqa: SIM115
-        self._tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
+        path = workdir / 'metrics.jsonl'
+        if path.exists():
+            kept = [line for line in path.read_text(encoding='utf-8').splitlines()
+                    if line and json.loads(line)['step'] <= start_step]
+            temporary = path.with_suffix('.tmp')
+            temporary.write_text(''.join(line + '\n' for line in kept), encoding='utf-8')
+            temporary.replace(path)
+        self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
+        # TensorBoard hides events of steps >= purge_step written by earlier processes.
+        self._tensorboard = SummaryWriter(str(workdir / 'tensorboard'),
+                                          purge_step=start_step + 1)
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """Records `scalars` (names like 'train/loss') at `step`."""

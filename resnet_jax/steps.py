@@ -34,13 +34,16 @@ def make_train_step(
     augment: str,
     pad_pixels: int,
     augment_key: jax.Array,
+    skip_nonfinite: bool = False,
 ) -> Callable:
     """Returns `train_step(state, images, labels, indices) -> (state, metrics)`, jitted.
 
     `images`/`labels` are the whole training set on the device; `indices` [batch] picks
     the global batch. Augmentation randomness is `fold_in(augment_key, step)`, so a run
     resumed from a checkpoint sees the same crops and flips as one never stopped, and it
-    does not depend on the number of devices.
+    does not depend on the number of devices. With `skip_nonfinite`, a step whose loss or
+    gradients are not finite leaves the state unchanged (but for the step counter) and
+    reports `skipped` = 1.
     """
 
     def per_device_step(state: TrainState, images, labels):
@@ -70,6 +73,12 @@ def make_train_step(
         )
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         metrics = jax.lax.pmean({'loss': loss, 'accuracy': accuracy}, DATA)
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics['loss']) & jnp.all(jnp.array(
+                [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+            new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                     new_state, state).replace(step=state.step + 1)
+            metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
     sharded_step = jax.shard_map(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import time
 
 import jax
@@ -18,12 +17,20 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from resnet_jax import checkpoint, configs, metrics, optim, parallel, steps, train_state
+from resnet_jax import (
+    checkpoint,
+    configs,
+    metrics,
+    optim,
+    parallel,
+    preemption,
+    steps,
+    train_state,
+)
 from resnet_jax.data import arrays
+from resnet_jax.workdir import WorkdirError, check_free_space, prepare_workdir, save_config
 
-
-class WorkdirError(OSError):
-    """The workdir cannot be created or written."""
+__all__ = ['WorkdirError', 'NonFiniteLossError', 'train_and_evaluate']
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,21 +64,6 @@ class BatchOrder:
             self._epoch = epoch
         start = position * self.batch_size
         return self._permutation[start:start + self.batch_size]
-
-
-def prepare_workdir(workdir: str) -> pathlib.Path:
-    """Creates the workdir and proves it is writable, before anything expensive."""
-    path = pathlib.Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f'.write_test_{jax.process_index()}'
-        probe.write_text('ok')
-        probe.unlink()
-    except OSError as error:
-        raise WorkdirError(
-            f'workdir {workdir!r} is not writable ({error.strerror}); choose another --workdir '
-            'or fix its permissions / free space') from error
-    return path
 
 
 def load_data(config: ml_collections.ConfigDict) -> arrays.ArrayDataset:
@@ -141,13 +133,26 @@ def _format_duration(seconds: float) -> str:
     return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    if jax.process_index() == 0:
-        (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+def run_record(config: ml_collections.ConfigDict, model) -> dict:
+    """What a checkpoint of this run holds; a resumed run must match it."""
+    return {'model': {'name': config.model.name, 'shortcut': model.shortcut,
+                      'variant': config.model.variant},
+            'num_classes': model.num_classes}
+
+
+def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Intervals that can never trigger are mistakes (usually steps given for epochs)."""
+    if config.eval_every_steps > total_steps:
+        raise configs.ConfigError(
+            f'eval_every_steps={config.eval_every_steps} is longer than the run '
+            f'({total_steps} steps): it would never evaluate before the end; lower it or set 0')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains the model of `config`, resuming from `workdir`, and returns the final eval."""
+    """Trains the model of `config`, resuming from `workdir`, and returns the final eval.
+
+    Raises preemption.Preempted after saving when the process receives SIGTERM.
+    """
     configs.validate_config(config)
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.batch_size, mesh, 'batch_size')
@@ -163,102 +168,148 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     order = BatchOrder(len(data.train_labels), config.batch_size, config.seed)
     total_steps = configs.total_steps(config, order.steps_per_epoch)
+    check_intervals(config, total_steps)
     schedule = optim.learning_rate_schedule(config, order.steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config, schedule)
     bn_axis = parallel.DATA_AXIS if config.sync_batch_norm else None
     model = configs.build_model(config, data.num_classes, bn_axis_name=bn_axis)
-    init_key, augment_key = jax.random.split(jax.random.key(config.seed))
-    state = train_state.create_train_state(model, tx, image_size, init_key, mesh)
+    # Orbax keeps `keep_checkpoints` and writes one more before deleting the oldest.
+    check_free_space(workdir_path, (config.keep_checkpoints + 1)
+                     * train_state.train_state_bytes(model, tx, image_size))
 
-    checkpointer = checkpoint.Checkpointer(workdir_path / 'checkpoints', config.keep_checkpoints)
-    state = checkpointer.restore_latest(state)
+    # 'rbg' keys make the initialiser compile several times faster on CPU than threefry;
+    # the augmentation keeps threefry, whose numbers do not depend on the sharding.
+    init_key = jax.random.key(config.seed, impl='rbg')
+    augment_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    state = train_state.create_train_state(model, tx, image_size, init_key, mesh)
+    checkpointer = checkpoint.Checkpointer(
+        workdir_path / 'checkpoints', config.keep_checkpoints, run_record(config, model))
+    try:
+        state = checkpointer.restore_latest(state)
+    except Exception:
+        checkpointer.close()
+        raise
     start_step = int(state.step)
-    _save_config(config, workdir_path)
-    writer = metrics.MetricWriter(workdir_path)
+    save_config(config, workdir_path)
+    writer = metrics.MetricWriter(workdir_path, start_step)
 
     replicated = parallel.replicated(mesh)
-    train_images = jax.device_put(data.train_images, replicated)
-    train_labels = jax.device_put(data.train_labels, replicated)
-    eval_images = jax.device_put(data.eval_images, replicated)
-    eval_labels = jax.device_put(data.eval_labels, replicated)
+    device_data = {name: jax.device_put(value, replicated) for name, value in (
+        ('train_images', data.train_images), ('train_labels', data.train_labels),
+        ('eval_images', data.eval_images), ('eval_labels', data.eval_labels))}
     pixel_mean = jnp.asarray(data.train_images.mean(axis=0, dtype=np.float64), jnp.float32)
     train_step = steps.make_train_step(
         model, tx, schedule, mesh, pixel_mean=pixel_mean, augment=config.augment,
-        pad_pixels=config.pad_pixels, augment_key=augment_key)
+        pad_pixels=config.pad_pixels, augment_key=augment_key,
+        skip_nonfinite=config.skip_nonfinite_steps)
     eval_step = steps.make_eval_step(model, mesh, pixel_mean=pixel_mean)
 
     compile_start = time.perf_counter()
     train_step = train_step.lower(
-        state, train_images, train_labels,
+        state, device_data['train_images'], device_data['train_labels'],
         jax.device_put(order.indices(start_step), replicated)).compile()
     logging.info('Compiled the train step in %.1f s; %d devices; steps %d -> %d.',
                  time.perf_counter() - compile_start, mesh.devices.size, start_step, total_steps)
 
-    def run_eval(step: int) -> dict[str, float]:
-        nonlocal last_log
-        flush_metrics(step)
-        results = evaluate(eval_step, state, eval_images, eval_labels,
-                           config.eval_batch_size, mesh)
-        writer.write(step, {f'{data.eval_split}/{k}': v for k, v in results.items()})
-        logging.info('eval (%s) step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f',
-                     data.eval_split, step, 100 * results['top1_accuracy'],
-                     100 * results['top5_accuracy'], results['loss'])
-        last_log = (step, time.perf_counter())  # keep evaluation out of the images/s
-        return results
-
-    params_finite = jax.jit(
-        lambda tree: jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
-    pending: list[tuple[int, dict]] = []  # metrics of steps not yet fetched from the device
-    last_log = (start_step, time.perf_counter())
-
-    def flush_metrics(step: int) -> None:
-        """Fetches pending metrics, stops on a non-finite loss, logs their average."""
-        nonlocal pending, last_log
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        for (at, _), values in zip(pending, fetched, strict=True):
-            if not np.isfinite(values['loss']):
-                raise NonFiniteLossError(
-                    f'loss is {values["loss"]} at step {at}; stopping. The last good '
-                    f'checkpoint ({checkpointer.latest_step()}) is kept in {workdir}. '
-                    f'Last metrics: {values}')
-        means = {k: float(np.mean([v[k] for v in fetched])) for k in fetched[0]}
-        pending = []
-        now = time.perf_counter()
-        images_per_sec = (step - last_log[0]) * config.batch_size / (now - last_log[1])
-        last_log = (step, now)
-        eta = (total_steps - step) * config.batch_size / images_per_sec
-        writer.write(step, {f'train/{k}': v for k, v in means.items()}
-                     | {'train/images_per_sec': images_per_sec})
-        logging.info('step %d/%d | loss %.4f | acc %.2f%% | lr %.4g | %.0f img/s | ETA %s',
-                     step, total_steps, means['loss'], 100 * means['accuracy'],
-                     means['learning_rate'], images_per_sec, _format_duration(eta))
-
-    final: dict[str, float] = {}
+    loop = _Loop(config, workdir_path, total_steps, checkpointer, writer, data.eval_split,
+                 start_step)
     try:
-        for step in range(start_step, total_steps):
-            indices = jax.device_put(order.indices(step), replicated)
-            state, step_metrics = train_step(state, train_images, train_labels, indices)
-            pending.append((step, step_metrics))
-            done = step + 1
-            if done % config.log_every_steps == 0 or done == total_steps:
-                flush_metrics(done)
-            if done % config.checkpoint_every_steps == 0 or done == total_steps:
-                flush_metrics(done)  # never save a state that followed a non-finite loss
-                if not bool(params_finite(state.params)):
-                    raise NonFiniteLossError(
-                        f'parameters became non-finite at step {step}; the last good '
-                        f'checkpoint ({checkpointer.latest_step()}) is kept in {workdir}.')
-                checkpointer.save(done, state)
-            if config.eval_every_steps and done % config.eval_every_steps == 0 \
-                    and done != total_steps:
-                run_eval(done)
-        final = run_eval(total_steps)
+        with preemption.StopRequest() as stop:
+            for step in range(start_step, total_steps):
+                indices = jax.device_put(order.indices(step), replicated)
+                state, step_metrics = train_step(
+                    state, device_data['train_images'], device_data['train_labels'], indices)
+                loop.after_step(step, state, step_metrics, stop)
+                if config.eval_every_steps and (step + 1) % config.eval_every_steps == 0 \
+                        and step + 1 != total_steps:
+                    loop.evaluate(step + 1, lambda s=state: evaluate(
+                        eval_step, s, device_data['eval_images'], device_data['eval_labels'],
+                        config.eval_batch_size, mesh))
+        final = loop.evaluate(total_steps, lambda: evaluate(
+            eval_step, state, device_data['eval_images'], device_data['eval_labels'],
+            config.eval_batch_size, mesh))
     finally:
         checkpointer.close()
         writer.close()
     if jax.process_index() == 0:
-        (workdir_path / 'final_eval.json').write_text(
-            json.dumps({'step': total_steps, 'split': data.eval_split, **final}, indent=2) + '\n')
+        (workdir_path / 'final_eval.json').write_text(json.dumps(
+            {'step': total_steps, 'split': data.eval_split, **final}, indent=2) + '\n')
     return final
+
+
+class _Loop:
+    """What happens between train steps: metrics, non-finite checks, saves, stops."""
+
+    def __init__(self, config, workdir, total_steps, checkpointer, writer, eval_split,
+                 start_step):
+        self.config = config
+        self.workdir = workdir
+        self.total_steps = total_steps
+        self.checkpointer = checkpointer
+        self.writer = writer
+        self.eval_split = eval_split
+        self.pending: list[tuple[int, dict]] = []  # metrics not yet fetched from the device
+        self.last_log = (start_step, time.perf_counter())
+        self.params_finite = jax.jit(lambda tree: jnp.all(jnp.array(
+            [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
+
+    def after_step(self, step: int, state, step_metrics, stop: preemption.StopRequest):
+        config, done = self.config, step + 1
+        self.pending.append((step, step_metrics))
+        if done % config.log_every_steps == 0 or done == self.total_steps:
+            self.flush_metrics(done)
+        preempted = stop.requested or (
+            jax.process_count() > 1 and self.checkpointer.reached_preemption(done))
+        if done % config.checkpoint_every_steps == 0 or done == self.total_steps or preempted:
+            self.save(done, state)
+        if preempted:
+            self.checkpointer.wait()
+            error = preemption.Preempted(done, stop.seconds_since())
+            logging.warning('%s', error)
+            raise error
+
+    def save(self, done: int, state) -> None:
+        self.flush_metrics(done)  # never save a state that followed a non-finite loss
+        if not bool(self.params_finite(state.params)):
+            raise NonFiniteLossError(
+                f'parameters became non-finite at step {done - 1}; the last good checkpoint '
+                f'({self.checkpointer.latest_step()}) is kept in {self.workdir}.')
+        self.checkpointer.save(done, state)
+
+    def flush_metrics(self, step: int) -> None:
+        """Fetches pending metrics, stops on a non-finite loss, logs their average."""
+        if not self.pending:
+            return
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (at, _), values in zip(self.pending, fetched, strict=True):
+            if not np.isfinite(values['loss']) and not self.config.skip_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f'loss is {values["loss"]} at step {at}; stopping. The last good '
+                    f'checkpoint ({self.checkpointer.latest_step()}) is kept in '
+                    f'{self.workdir}. Last metrics: {values}. '
+                    '(--config.skip_nonfinite_steps=True skips such steps instead.)')
+        self.pending = []
+        means = {k: float(np.nanmean([v[k] for v in fetched])) for k in fetched[0]}
+        if 'skipped' in means:
+            means['skipped'] = float(np.sum([v['skipped'] for v in fetched]))
+        now = time.perf_counter()
+        images_per_sec = ((step - self.last_log[0]) * self.config.batch_size
+                          / (now - self.last_log[1]))
+        self.last_log = (step, now)
+        eta = (self.total_steps - step) * self.config.batch_size / images_per_sec
+        self.writer.write(step, {f'train/{k}': v for k, v in means.items()}
+                          | {'train/images_per_sec': images_per_sec})
+        skipped = f' | skipped {means["skipped"]:.0f}' if means.get('skipped') else ''
+        logging.info('step %d/%d | loss %.4f | acc %.2f%% | lr %.4g | %.0f img/s | ETA %s%s',
+                     step, self.total_steps, means['loss'], 100 * means['accuracy'],
+                     means['learning_rate'], images_per_sec, _format_duration(eta), skipped)
+
+    def evaluate(self, step: int, run_eval) -> dict[str, float]:
+        self.flush_metrics(step)
+        results = run_eval()
+        self.writer.write(step, {f'{self.eval_split}/{k}': v for k, v in results.items()})
+        logging.info('eval (%s) step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f',
+                     self.eval_split, step, 100 * results['top1_accuracy'],
+                     100 * results['top5_accuracy'], results['loss'])
+        self.last_log = (step, time.perf_counter())  # keep evaluation out of the images/s
+        return results

@@ -24,12 +24,7 @@ class TrainState:
     opt_state: optax.OptState
 
 
-def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, image_size: int, key: jax.Array,
-    mesh: Mesh,
-) -> TrainState:
-    """Initialises the model and optimiser, replicated over every device of `mesh`."""
-
+def _initializer(model: nn.Module, tx: optax.GradientTransformation, image_size: int):
     def init(key):
         dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
         variables = model.init(key, dummy, train=False)
@@ -41,4 +36,20 @@ def create_train_state(
             opt_state=tx.init(params),
         )
 
+    return init
+
+
+def create_train_state(
+    model: nn.Module, tx: optax.GradientTransformation, image_size: int, key: jax.Array,
+    mesh: Mesh,
+) -> TrainState:
+    """Initialises the model and optimiser, replicated over every device of `mesh`."""
+    init = _initializer(model, tx, image_size)
     return jax.jit(init, out_shardings=parallel.replicated(mesh))(key)
+
+
+def train_state_bytes(model: nn.Module, tx: optax.GradientTransformation,
+                      image_size: int) -> int:
+    """Size of one copy of the state (what a checkpoint writes), found without computing."""
+    shapes = jax.eval_shape(_initializer(model, tx, image_size), jax.random.key(0, impl='rbg'))
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))

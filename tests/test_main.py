@@ -26,7 +26,8 @@ def test_main_job_end_to_end_with_overrides(tmp_path):
     result = run_main(
         '--config', 'experiments/smoke.py', '--workdir', str(tmp_path),
         '--config.total_steps=4', '--config.model.name=cifar_resnet8',
-        '--config.checkpoint_every_steps=2', '--config.log_every_steps=2')
+        '--config.checkpoint_every_steps=2', '--config.log_every_steps=2',
+        '--config.eval_every_steps=2')
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / 'config.json').read_text())
     assert saved['total_steps'] == 4 and saved['model']['name'] == 'cifar_resnet8'

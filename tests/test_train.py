@@ -163,7 +163,7 @@ def test_batch_order_is_a_fresh_permutation_each_epoch_and_resumable():
 
 
 def _checkpoint_arrays(workdir, step):
-    path = workdir / 'checkpoints' / str(step) / 'default'
+    path = workdir / 'checkpoints' / str(step) / 'state'
     return ocp.StandardCheckpointer().restore(path)
 
 
