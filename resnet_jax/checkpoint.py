@@ -27,6 +27,15 @@ class IncompatibleCheckpointError(ValueError):
     """The workdir holds a checkpoint of a different run; the message lists the differences."""
 
 
+class UnreadableCheckpointsError(RuntimeError):
+    """The workdir holds checkpoints but none of them can be read."""
+
+
+def _summary(error: Exception) -> str:
+    first_line = str(error).splitlines()[0][:300] if str(error) else ''
+    return f'{type(error).__name__}: {first_line}'
+
+
 def _path_name(path) -> str:
     parts = []
     for key in path:
@@ -64,7 +73,10 @@ class Checkpointer:
         self._record = run_record
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True)
-        self._manager = ocp.CheckpointManager(self._directory, options=options)
+        # Named handlers let a fresh process read items it has not saved itself.
+        handlers = {'state': ocp.StandardCheckpointHandler(), 'run': ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(
+            self._directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         """The newest saved step, or None when there is none."""
@@ -73,15 +85,18 @@ class Checkpointer:
     def restore_latest(self, state: TrainState) -> TrainState:
         """Restores the newest readable checkpoint into the shapes and shardings of `state`.
 
-        Returns `state` unchanged when there is no checkpoint (or none readable).
+        Newer checkpoints that cannot be read are moved aside once an older one has been
+        read. If none can be read, nothing is moved and UnreadableCheckpointsError says why:
+        the run never starts over silently. Returns `state` when there is no checkpoint.
         """
+        failures = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
                 record = self._manager.restore(
                     step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
                 saved_shapes = _shapes(self._manager.item_metadata(step)['state'].tree)
             except Exception as error:  # noqa: BLE001 - any failure to read means unreadable
-                self._set_aside(step, error)
+                failures.append((step, error))
                 continue
             self._check_compatible(step, record, saved_shapes, state)
             target = jax.tree.map(
@@ -90,10 +105,17 @@ class Checkpointer:
                 restored = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
             except Exception as error:  # noqa: BLE001
-                self._set_aside(step, error)
+                failures.append((step, error))
                 continue
+            for bad_step, error in failures:
+                self._set_aside(bad_step, error)
             logging.info('Resumed from the checkpoint of step %d.', step)
             return flax.serialization.from_state_dict(state, restored['state'])
+        if failures:
+            details = '\n  '.join(f'step {step}: {_summary(error)}' for step, error in failures)
+            raise UnreadableCheckpointsError(
+                f'no checkpoint in {self._directory} can be read:\n  {details}\nNothing was '
+                'moved or deleted. Move the checkpoints away to start the run afresh.')
         return state
 
     def _check_compatible(self, step, record, saved_shapes, state) -> None:
@@ -120,9 +142,8 @@ class Checkpointer:
             (self._directory / str(step)).rename(target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
-        logging.warning('Checkpoint of step %d cannot be read (%s: %s); moved it to %s and '
-                        'trying the previous one.', step, type(error).__name__,
-                        str(error).splitlines()[0][:300] if str(error) else '', target)
+        logging.warning('The checkpoint of step %d cannot be read (%s); resumed from an older '
+                        'one and moved it to %s.', step, _summary(error), target)
         self._manager.reload()
 
     def save(self, step: int, state: TrainState) -> None:

@@ -33,7 +33,8 @@ def main(argv):
     except preemption.Preempted:
         sys.exit(preemption.PREEMPTED_EXIT_CODE)  # the checkpoint is committed; rerun to go on
     except (configs.ConfigError, arrays.DatasetNotFoundError, train.NonFiniteLossError,
-            train.WorkdirError, checkpoint.IncompatibleCheckpointError) as error:
+            train.WorkdirError, checkpoint.IncompatibleCheckpointError,
+            checkpoint.UnreadableCheckpointsError) as error:
         # Errors of the user's making: the message says what to fix; no traceback.
         logging.error('%s: %s', type(error).__name__, error)
         sys.exit(1)

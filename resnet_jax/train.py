@@ -127,6 +127,12 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict[st
     }
 
 
+def _finite_mean(values) -> float:
+    """Mean over the finite values (skipped steps report NaN losses); NaN if none."""
+    finite = [float(v) for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float('nan')
+
+
 def _format_duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -289,7 +295,7 @@ class _Loop:
                     f'{self.workdir}. Last metrics: {values}. '
                     '(--config.skip_nonfinite_steps=True skips such steps instead.)')
         self.pending = []
-        means = {k: float(np.nanmean([v[k] for v in fetched])) for k in fetched[0]}
+        means = {k: _finite_mean([v[k] for v in fetched]) for k in fetched[0]}
         if 'skipped' in means:
             means['skipped'] = float(np.sum([v['skipped'] for v in fetched]))
         now = time.perf_counter()

@@ -1,0 +1,211 @@
+"""Fault tolerance: kill and resume, SIGTERM, bad checkpoints, incompatible runs, bad disks.
+
+The kill tests run the real main job in subprocesses (2 simulated CPU devices, as the
+rest of the suite) and kill them for real.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from test_train import tiny_config
+
+from resnet_jax import checkpoint, preemption, train, workdir
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TOTAL = 12
+COMMAND = [
+    sys.executable, '-m', 'resnet_jax.main', '--config', 'experiments/smoke.py',
+    '--config.model.name=cifar_resnet8', '--config.image_size=8',
+    '--config.synthetic.num_train_examples=64', '--config.synthetic.num_eval_examples=16',
+    '--config.batch_size=8', '--config.eval_batch_size=8', f'--config.total_steps={TOTAL}',
+    '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
+    '--config.eval_every_steps=6',
+]
+
+
+def run_to_end(workdir):
+    result = subprocess.run([*COMMAND, f'--workdir={workdir}'], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def start_and_signal(workdir, at_step: int, signum: int):
+    """Starts the job and sends `signum` once it has logged `at_step`; returns the result."""
+    process = subprocess.Popen([*COMMAND, f'--workdir={workdir}'], cwd=REPO,
+                               stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if f'step {at_step}/{TOTAL}' in line:
+            process.send_signal(signum)
+            break
+    rest = process.stderr.read()
+    process.wait(timeout=120)
+    return namedtuple('Run', 'returncode stderr')(process.returncode, ''.join(lines) + rest)
+
+
+def final_arrays(workdir):
+    return jax.tree.leaves(ocp.StandardCheckpointer().restore(
+        pathlib.Path(workdir) / 'checkpoints' / str(TOTAL) / 'state'))
+
+
+def logged_train_steps(workdir):
+    records = [json.loads(line) for line in
+               (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
+    return [r['step'] for r in records if 'train/loss' in r]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    path = tmp_path_factory.mktemp('uninterrupted')
+    run_to_end(path)
+    return path
+
+
+def assert_same_final_state(workdir, reference):
+    for a, b in zip(final_arrays(workdir), final_arrays(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_then_rerun_equals_a_run_never_stopped(tmp_path, uninterrupted):
+    killed = start_and_signal(tmp_path, at_step=8, signum=signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_to_end(tmp_path)
+    # Killed while step 8 (or, the loop running ahead of the log, 9) was under way.
+    assert re.search(r'Resumed from the checkpoint of step [69]\.', resumed.stderr), \
+        resumed.stderr[-3000:]
+    assert_same_final_state(tmp_path, uninterrupted)
+    # Some steps ran twice, but the history records each step once, in order.
+    assert logged_train_steps(tmp_path) == list(range(1, TOTAL + 1))
+    assert json.loads((tmp_path / 'final_eval.json').read_text()) == json.loads(
+        (uninterrupted / 'final_eval.json').read_text())
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted):
+    stopped = start_and_signal(tmp_path, at_step=4, signum=signal.SIGTERM)
+    assert stopped.returncode == preemption.PREEMPTED_EXIT_CODE, stopped.stderr[-2000:]
+    assert 'Traceback' not in stopped.stderr
+    saved = max(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
+    assert saved in (4, 5)  # the step that was running when the signal came, or the next
+    assert f'saved the checkpoint of step {saved} and exited' in stopped.stderr
+    resumed = run_to_end(tmp_path)
+    assert f'Resumed from the checkpoint of step {saved}' in resumed.stderr
+    assert_same_final_state(tmp_path, uninterrupted)
+
+
+def _checkpoint_files(path, step):
+    return [p for p in (path / 'checkpoints' / str(step) / 'state').rglob('*')
+            if p.is_file() and '/d/' in str(p)]
+
+
+def test_unreadable_checkpoints_are_set_aside_and_the_newest_good_one_is_used(tmp_path):
+    straight = tmp_path / 'straight'
+    train.train_and_evaluate(tiny_config(total_steps=8), str(straight))
+
+    broken = tmp_path / 'broken'
+    keep_all = {'keep_checkpoints': 10}
+    train.train_and_evaluate(tiny_config(total_steps=6, **keep_all), str(broken))  # 2, 4, 6
+    for file in _checkpoint_files(broken, 6):  # truncated files
+        file.write_bytes(file.read_bytes()[: len(file.read_bytes()) // 2])
+    for file in _checkpoint_files(broken, 4):  # missing files
+        file.unlink()
+    half_written = broken / 'checkpoints' / '7.orbax-checkpoint-tmp-123'
+    half_written.mkdir()
+    (half_written / 'junk').write_text('a crash left this')
+
+    train.train_and_evaluate(tiny_config(total_steps=8, **keep_all), str(broken))
+    aside = sorted(p.name.split('-')[0] for p in (broken / 'checkpoints_unreadable').iterdir())
+    assert aside == ['4', '6']
+    steps = sorted(int(p.name) for p in (broken / 'checkpoints').iterdir() if p.name.isdigit())
+    assert steps == [2, 4, 6, 8]  # 2 was kept and resumed from; 4, 6, 8 written anew
+    for a, b in zip(jax.tree.leaves(ocp.StandardCheckpointer().restore(
+            broken / 'checkpoints' / '8' / 'state')),
+            jax.tree.leaves(ocp.StandardCheckpointer().restore(
+                straight / 'checkpoints' / '8' / 'state')), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('overrides, expected', [
+    ({'num_classes': 5}, ['num_classes: checkpoint 10, this run 5', 'params/head/kernel']),
+    ({'model.name': 'cifar_plain20'}, ["model.name: checkpoint 'cifar_resnet8'"]),
+])
+def test_a_checkpoint_of_another_run_is_a_clear_error_and_nothing_changes(
+        tmp_path, overrides, expected):
+    train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
+                    for p in tmp_path.rglob('*') if p.is_file())
+    with pytest.raises(checkpoint.IncompatibleCheckpointError) as raised:
+        train.train_and_evaluate(tiny_config(total_steps=4, **overrides), str(tmp_path))
+    for text in expected:
+        assert text in str(raised.value)
+    after = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
+                   for p in tmp_path.rglob('*') if p.is_file())
+    assert after == before
+
+
+def test_a_longer_schedule_is_a_safe_change_on_resume(tmp_path):
+    train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
+    train.train_and_evaluate(tiny_config(total_steps=4, **{'schedule.boundaries': (3,)}),
+                             str(tmp_path))
+    assert logged_train_steps(tmp_path) == [2, 4]
+
+
+def test_a_full_disk_is_found_before_compiling(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(workdir.shutil, 'disk_usage',
+                        lambda path: usage._replace(free=1 << 20))
+    start = time.perf_counter()
+    with pytest.raises(workdir.WorkdirError, match=r'1\.0 MiB free but'):
+        train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert time.perf_counter() - start < 20
+    assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_a_bucket_that_cannot_be_reached_is_a_workdir_error():
+    with pytest.raises(workdir.WorkdirError, match='not writable'):
+        workdir.prepare_workdir('gs://resnet-jax-no-such-bucket-for-tests/run')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root can write into read-only directories')
+def test_a_read_only_workdir_is_an_error(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(workdir.WorkdirError, match='not writable'):
+            workdir.prepare_workdir(str(tmp_path / 'run'))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_non_finite_steps_can_be_skipped(tmp_path):
+    config = tiny_config(total_steps=6, skip_nonfinite_steps=True, log_every_steps=1)
+    config.schedule.base_lr = 1e30
+    train.train_and_evaluate(config, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    skipped = sum(r.get('train/skipped', 0) for r in records)
+    assert 1 <= skipped < 6
+    for leaf in jax.tree.leaves(ocp.StandardCheckpointer().restore(
+            tmp_path / 'checkpoints' / '6' / 'state')):
+        assert np.all(np.isfinite(leaf))
+
+
+def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_run_stops(tmp_path):
+    train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
+    for file in _checkpoint_files(tmp_path, 2):
+        file.write_bytes(b'')
+    with pytest.raises(checkpoint.UnreadableCheckpointsError, match='step 2'):
+        train.train_and_evaluate(tiny_config(total_steps=4), str(tmp_path))
+    assert (tmp_path / 'checkpoints' / '2').is_dir()
+    assert not (tmp_path / 'checkpoints_unreadable').exists()
