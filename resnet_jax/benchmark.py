@@ -274,10 +274,12 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Builds the training step of `config` and times it (and the eval step)."""
     s = build_steps(config, eval_batch_size, log)
-    time_windows(s.train, warmup, 1)
+    if warmup:
+        time_windows(s.train, warmup, 1)
     train_timing = time_windows(s.train, steps_per_window, repeats)
     log(f'train step: median {1e3 * train_timing.median:.1f} ms')
-    time_windows(s.evaluate, warmup, 1)
+    if warmup:
+        time_windows(s.evaluate, warmup, 1)
     eval_timing = time_windows(s.evaluate, steps_per_window, repeats)
 
     peak, peak_source = peak_flops(config.dtype, peak_tflops)
@@ -384,10 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.batch_size, args.dtype)
     except (configs.ConfigError, ValueError) as error:
         parser.error(str(error))
-    result = run_benchmark(
-        config, config_name=args.config, steps_per_window=args.steps, repeats=args.repeats,
-        warmup=args.warmup, eval_batch_size=args.eval_batch_size, peak_tflops=args.peak_tflops,
-        log=lambda message: print(message, file=sys.stderr, flush=True))
+    try:
+        result = run_benchmark(
+            config, config_name=args.config, steps_per_window=args.steps,
+            repeats=args.repeats, warmup=args.warmup, eval_batch_size=args.eval_batch_size,
+            peak_tflops=args.peak_tflops,
+            log=lambda message: print(message, file=sys.stderr, flush=True))
+    except configs.ConfigError as error:
+        parser.error(str(error))
     print(format_result(result))
     if args.json:
         with open(args.json, 'w') as f:

@@ -4,15 +4,21 @@
         [--config.field=value ...]
 
 Running the same command again on the same workdir resumes from its last checkpoint.
+
+Several processes (one job over several hosts, or several processes on one machine) start
+JAX's distributed runtime first: detected under SLURM `srun`, Open MPI and on Cloud TPU
+VMs, or given explicitly with `--num_processes`, `--process_id` and
+`--coordinator_address` (see resnet_jax/distributed.py).
 """
 
 import logging as std_logging
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import checkpoint, configs, preemption, train
+from resnet_jax import checkpoint, configs, distributed, preemption, train
 from resnet_jax.data import arrays
 
 FLAGS = flags.FLAGS
@@ -20,6 +26,11 @@ config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally FILE:ARG.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the config.')
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string('coordinator_address', None,
+                    'HOST:PORT of process 0, the same on every process of a multi-process job.')
+flags.DEFINE_integer('num_processes', None,
+                     'Processes in the job; 1 forces a single process. Default: detected.')
+flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
 
 
 def main(argv):
@@ -28,6 +39,14 @@ def main(argv):
     # Orbax logs every step of every save at INFO; keep its warnings and errors only.
     logging.get_absl_handler().addFilter(
         lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+    try:
+        # Before any other JAX call: the backends start with the first device query.
+        multi_process = distributed.initialize(distributed.ProcessFlags(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
+    except distributed.DistributedSetupError as error:
+        raise app.UsageError(str(error)) from error
+    if multi_process and jax.process_index() > 0:
+        logging.set_verbosity(logging.WARNING)  # the job's log is process 0's; others warn
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except preemption.Preempted:

@@ -114,8 +114,8 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict[st
         indices = np.zeros(batch_size, np.int32)
         indices[:real] = np.arange(start, start + real)
         mask = (np.arange(batch_size) < real).astype(np.float32)
-        sums = eval_step(state, images, labels, jax.device_put(indices, replicated),
-                         jax.device_put(mask, replicated))
+        sums = eval_step(state, images, labels, parallel.global_array(indices, replicated),
+                         parallel.global_array(mask, replicated))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals['count'])
@@ -200,7 +200,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics.MetricWriter(workdir_path, start_step)
 
     replicated = parallel.replicated(mesh)
-    device_data = {name: jax.device_put(value, replicated) for name, value in (
+    # In-memory data sets are small: every process holds the whole of them (loaded
+    # identically from the seed or the files), and every device a replica. The batch
+    # indices are the same on every process too (a function of seed and step).
+    device_data = {name: parallel.global_array(value, replicated) for name, value in (
         ('train_images', data.train_images), ('train_labels', data.train_labels),
         ('eval_images', data.eval_images), ('eval_labels', data.eval_labels))}
     pixel_mean = jnp.asarray(data.train_images.mean(axis=0, dtype=np.float64), jnp.float32)
@@ -213,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     compile_start = time.perf_counter()
     train_step = train_step.lower(
         state, device_data['train_images'], device_data['train_labels'],
-        jax.device_put(order.indices(start_step), replicated)).compile()
+        parallel.global_array(order.indices(start_step), replicated)).compile()
     logging.info('Compiled the train step in %.1f s; %d devices; steps %d -> %d.',
                  time.perf_counter() - compile_start, mesh.devices.size, start_step, total_steps)
 
@@ -222,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         with preemption.StopRequest() as stop:
             for step in range(start_step, total_steps):
-                indices = jax.device_put(order.indices(step), replicated)
+                indices = parallel.global_array(order.indices(step), replicated)
                 state, step_metrics = train_step(
                     state, device_data['train_images'], device_data['train_labels'], indices)
                 loop.after_step(step, state, step_metrics, stop)

@@ -43,6 +43,14 @@ def test_a_typo_in_an_override_is_an_error(tmp_path):
     assert 'totl_steps' in result.stderr
 
 
+def test_a_value_of_the_wrong_type_is_an_error(tmp_path):
+    result = run_main('--config', 'experiments/smoke.py', '--workdir', str(tmp_path),
+                      '--config.batch_size=many')
+    assert result.returncode != 0
+    assert 'batch_size' in result.stderr
+    assert not (tmp_path / 'checkpoints').exists()
+
+
 def test_a_bad_value_is_a_one_line_error_without_traceback(tmp_path):
     result = run_main('--config', 'experiments/smoke.py', '--workdir', str(tmp_path),
                       '--config.batch_size=7')
