@@ -7,6 +7,7 @@ import pathlib
 import time
 
 import jax
+from etils import epath
 
 
 class MetricWriter:
@@ -26,15 +27,20 @@ class MetricWriter:
             return
         from tensorboardX import SummaryWriter  # imported here: only process 0 needs it.
 
-        workdir = pathlib.Path(workdir)
+        workdir = epath.Path(workdir)
         path = workdir / 'metrics.jsonl'
+        kept = []
         if path.exists():
             kept = [line for line in path.read_text(encoding='utf-8').splitlines()
                     if line and json.loads(line)['step'] <= start_step]
             temporary = path.with_suffix('.tmp')
             temporary.write_text(''.join(line + '\n' for line in kept), encoding='utf-8')
             temporary.replace(path)
-        self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
+        if '://' in str(workdir):
+            # Object stores (gs://) cannot append: the file is rewritten whole at each write.
+            self._jsonl, self._path, self._lines = None, path, kept
+        else:
+            self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
         # TensorBoard hides events of steps >= purge_step written by earlier processes.
         self._tensorboard = SummaryWriter(str(workdir / 'tensorboard'),
                                           purge_step=start_step + 1)
@@ -44,8 +50,12 @@ class MetricWriter:
         if not self._enabled:
             return
         record = {'step': step, 'time': time.time(), **{k: float(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(record) + '\n')
-        self._jsonl.flush()
+        if self._jsonl is None:
+            self._lines.append(json.dumps(record))
+            self._path.write_text(''.join(line + '\n' for line in self._lines), encoding='utf-8')
+        else:
+            self._jsonl.write(json.dumps(record) + '\n')
+            self._jsonl.flush()
         for name, value in scalars.items():
             self._tensorboard.add_scalar(name, float(value), step)
         self._tensorboard.flush()
@@ -53,5 +63,6 @@ class MetricWriter:
     def close(self) -> None:
         """Flushes and closes both sinks."""
         if self._enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
             self._tensorboard.close()

@@ -86,27 +86,38 @@ def runs(tmp_path_factory):
     return single, multi, logs
 
 
-def test_two_processes_train_exactly_as_one(runs):
-    single, multi, logs = runs
-    assert 'Process 1 of 2' not in logs[2]  # process 1 only warns; process 0 logs
+def test_two_processes_train_as_one(runs):
+    """Equal to float32 rounding: the cross-device mean of the gradients is summed in
+    another order by gloo (2 processes) than by XLA's in-process all-reduce (1 process),
+    e.g. psum([1, e, e, e]) with e = 2**-24 is 1 + 4e across processes and 1 in one.
+    Observed after 4 steps: 60 of 62 arrays differ, by at most 4e-7. A real fault (a
+    process on other examples, a mean over local devices only) moves parameters by
+    ~1e-3 or more in one step at learning rate 0.1.
+    """
+    single, multi, _ = runs
     one, two = _final_params(single), _final_params(multi)
     assert one.keys() == two.keys()
-    different = [name for name in one if not np.array_equal(one[name], two[name])]
-    assert not different, f'parameters differ: {different[:5]}'
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_two_processes_write_metrics_and_results_once(runs):
     single, multi, logs = runs
-    assert 'Process 0 of 2' in logs[1] and '4 local of 4 devices' not in logs[1]
-    for workdir in (single, multi):
-        steps = [json.loads(line)['step'] for line in
-                 (workdir / 'metrics.jsonl').read_text().splitlines()]
-        assert steps == sorted(steps) and len(steps) == len(set(
-            (json.loads(line)['step'], tuple(sorted(json.loads(line))))
-            for line in (workdir / 'metrics.jsonl').read_text().splitlines()))
+    assert 'Process 0 of 2' in logs[1] and 'Process 1 of 2' in logs[2]
+    assert 'step 4/4' in logs[1] and 'step 4/4' not in logs[2]  # process 1 only warns
+
+    def records(workdir):
+        return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+    # Every record (train and eval at steps 2 and 4) once, as in the one-process run.
+    assert [sorted(r) for r in records(multi)] == [sorted(r) for r in records(single)]
+    for a, b in zip(records(single), records(multi), strict=True):
+        assert b['step'] == a['step']
+        assert b.get('train/loss', 0) == pytest.approx(a.get('train/loss', 0), rel=1e-5)
     one = json.loads((single / 'final_eval.json').read_text())
     two = json.loads((multi / 'final_eval.json').read_text())
-    assert one == two
+    assert two.pop('split') == one.pop('split') and two.pop('step') == one.pop('step') == 4
+    assert two == pytest.approx(one, rel=1e-5)  # the top-1/top-5 counts must agree
     assert sorted(p.name for p in (multi / 'checkpoints').iterdir()) == ['2', '4']
     assert not list(multi.glob('.write_test_*'))
 
