@@ -67,8 +67,11 @@ def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
 
 
 def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
-           warmup: int) -> None:
+           warmup: int, cpus: set[int] | None = None) -> None:
     """Builds one contender, then times a window per 'run' line read from stdin."""
+    if cpus:
+        # Before torch or jax start: both size their thread pools from the affinity mask.
+        os.sched_setaffinity(0, cpus)
     if kind.startswith('torch'):
         run, compile_s = _torch_worker(config_spec, batch_size, dtype, kind == 'torch-compile')
         block = lambda out: out  # noqa: E731 -- torch on the CPU is synchronous
@@ -110,14 +113,14 @@ def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
 
 
 def run_case(case: str, contenders: list[str], variants: dict[str, str], dtype: str,
-             steps: int, repeats: int, warmup: int) -> dict:
+             steps: int, repeats: int, warmup: int, cpus: str = '') -> dict:
     """Times every contender on one `CONFIG@BATCH` case, alternating windows."""
     spec, _, batch = case.rpartition('@')
     procs = {}
     for kind in contenders:
         cmd = [sys.executable, __file__, '--worker', kind, '--worker-config', spec,
                '--batch-size', batch, '--dtype', dtype, '--steps', str(steps),
-               '--warmup', str(warmup)]
+               '--warmup', str(warmup)] + (['--cpus', cpus] if cpus else [])
         procs[kind] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        text=True, env=_worker_env(kind, variants), cwd=REPO)
         # Build one at a time, so that compilations do not overlap the others' timing.
@@ -136,15 +139,16 @@ def run_case(case: str, contenders: list[str], variants: dict[str, str], dtype: 
         p.stdin.close()
         p.wait()
     return {'case': case, 'batch_size': int(batch), 'dtype': dtype, 'steps': steps,
-            'times': times, 'medians': {k: statistics.median(v) for k, v in times.items()}}
+            'cpus': cpus or 'all', 'times': times,
+            'medians': {k: statistics.median(v) for k, v in times.items()}}
 
 
 def format_case(result: dict) -> str:
     medians = result['medians']
     reference = medians.get('torch')
     windows = len(next(iter(result['times'].values())))
-    lines = [f'{result["case"]} ({result["dtype"]}), median of {windows} windows of '
-             f'{result["steps"]} steps:']
+    lines = [f'{result["case"]} ({result["dtype"]}, cpus {result["cpus"]}), median of '
+             f'{windows} windows of {result["steps"]} steps:']
     for kind, t in medians.items():
         ratio = f'  x{reference / t:.2f} vs torch eager' if reference else ''
         spread = result['times'][kind]
@@ -165,14 +169,18 @@ def main() -> int:
     parser.add_argument('--steps', type=int, default=3, help='steps per timed window')
     parser.add_argument('--repeats', type=int, default=5, help='rounds of windows')
     parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--cpus', default='', metavar='0,1',
+                        help='pin every worker to these CPUs (e.g. 0: one core each, '
+                             'single-threaded); default: all')
     parser.add_argument('--json', metavar='OUT')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     parser.add_argument('--worker-config', help=argparse.SUPPRESS)
     parser.add_argument('--batch-size', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        cpus = {int(c) for c in args.cpus.split(',')} if args.cpus else None
         worker(args.worker, args.worker_config, int(args.batch_size), args.dtype, args.steps,
-               args.warmup)
+               args.warmup, cpus)
         return 0
     variants = dict(v.split('=', 1) for v in args.variant)
     contenders = args.contenders.split(',')
@@ -180,7 +188,7 @@ def main() -> int:
     for case in args.case or DEFAULT_CASES:
         print(f'{case}:', file=sys.stderr, flush=True)
         result = run_case(case, contenders, variants, args.dtype, args.steps, args.repeats,
-                          args.warmup)
+                          args.warmup, args.cpus)
         print(format_case(result), flush=True)
         results.append(result)
     if args.json:

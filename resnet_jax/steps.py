@@ -25,20 +25,40 @@ from resnet_jax.train_state import TrainState
 
 DATA = parallel.DATA_AXIS
 
-# XLA:CPU computes the weight gradient of a convolution from a transposed copy of the
-# convolution's input. Left alone, it fuses the BatchNorm/ReLU/residual chain that produced
-# that input into the transpose, recomputing the chain of every earlier block of the stage
-# in a cache-hostile order (half the CIFAR ResNet-20 step). An optimization barrier on each
-# conv input keeps it one buffer that the transpose only copies; the compiler option keeps
-# XLA:CPU from deleting the barriers before fusion (its `cse_barrier_expander` pass).
+# XLA:CPU computes the weight gradient of a convolution from transposed copies of the
+# convolution's input and of its output gradient. Left alone, it fuses the elementwise chains
+# that produced them (BatchNorm, ReLU and the residual additions forward, their gradients
+# backward) into each transpose, recomputing them there in a cache-hostile order: over half
+# of the CIFAR ResNet-20 step and of the ResNet-50 step. An optimization barrier on each
+# convolution's input, and on the gradient of its output, keeps those one buffer that the
+# transpose only copies; the compiler option keeps XLA:CPU from deleting the barriers before
+# fusion (its `cse_barrier_expander` pass). Other backends get neither.
 CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
-def _barrier_conv_inputs(next_fun, args, kwargs, context):
-    """A Flax interceptor: every convolution reads its input through an optimization barrier."""
-    if context.method_name == '__call__' and isinstance(context.module, nn.Conv):
-        args = (jax.lax.optimization_barrier(args[0]), *args[1:])
-    return next_fun(*args, **kwargs)
+@jax.custom_vjp
+def _barrier_gradient(y: jax.Array) -> jax.Array:
+    """The identity, whose gradient passes through an optimization barrier."""
+    return y
+
+
+def _barrier_gradient_fwd(y):
+    return y, None
+
+
+def _barrier_gradient_bwd(_, g):
+    return (jax.lax.optimization_barrier(g),)
+
+
+_barrier_gradient.defvjp(_barrier_gradient_fwd, _barrier_gradient_bwd)
+
+
+def _barrier_conv_operands(next_fun, args, kwargs, context):
+    """A Flax interceptor: each convolution's input, and its output's gradient, are barriers."""
+    if context.method_name != '__call__' or not isinstance(context.module, nn.Conv):
+        return next_fun(*args, **kwargs)
+    args = (jax.lax.optimization_barrier(args[0]), *args[1:])
+    return _barrier_gradient(next_fun(*args, **kwargs))
 
 
 def _on_cpu(mesh: Mesh) -> bool:
@@ -76,7 +96,7 @@ def make_train_step(
     def per_device_step(state: TrainState, images, labels):
         def loss_fn(params):
             variables = {'params': params, 'batch_stats': state.batch_stats}
-            barriers = (nn.intercept_methods(_barrier_conv_inputs) if on_cpu
+            barriers = (nn.intercept_methods(_barrier_conv_operands) if on_cpu
                         else contextlib.nullcontext())
             with barriers:
                 logits, updates = model.apply(variables, images, train=True,

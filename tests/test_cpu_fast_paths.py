@@ -1,0 +1,66 @@
+"""The CPU speed-ups change no result: 1x1 convolutions as matrix products, and the
+optimization barriers around convolutions in the CPU train step (resnet_jax.steps)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import benchmark, models, steps
+
+TINY_PROJECTION = '''
+from resnet_jax import configs
+
+
+def get_config():
+    config = configs.get_base_config()
+    config.dataset = 'synthetic'
+    config.image_size = 8
+    config.num_classes = 5
+    config.model.name = 'cifar_resnet8'
+    config.model.shortcut = 'B'  # strided 1x1 projections: PointwiseConv in the step
+    config.batch_size = 4
+    config.total_steps = 10
+    return config
+'''
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_pointwise_conv_is_the_1x1_conv(stride, dtype):
+    kwargs = dict(features=6, kernel_size=(1, 1), strides=(stride, stride),
+                  padding=((0, 0), (0, 0)), use_bias=False, dtype=dtype,
+                  kernel_init=models.he_normal)
+    conv, pointwise = nn.Conv(**kwargs), models.PointwiseConv(**kwargs)
+    x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
+    variables = conv.init(jax.random.key(1), x)
+    same_init = pointwise.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(variables['params']['kernel'], same_init['params']['kernel'])
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x).astype(jnp.float32)))
+
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    want, want_grads = jax.value_and_grad(loss, argnums=(1, 2))(conv, variables, x)
+    got, got_grads = jax.value_and_grad(loss, argnums=(1, 2))(pointwise, variables, x)
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+def test_cpu_train_step_keeps_its_barriers_and_its_results(tmp_path, monkeypatch):
+    path = tmp_path / 'tiny_projection.py'
+    path.write_text(TINY_PROJECTION)
+    config = benchmark.load_config(str(path))
+
+    fast = benchmark.build_steps(config)
+    assert 'opt-barrier' in fast.train_compiled.as_text()
+    monkeypatch.setattr(steps, '_on_cpu', lambda mesh: False)  # the plain step of other backends
+    plain = benchmark.build_steps(config)
+    assert 'opt-barrier' not in plain.train_compiled.as_text()
+
+    for step in range(2):  # the second step starts from the first one's update
+        got, want = jax.device_get(fast.train(step)), jax.device_get(plain.train(step))
+        for key in ('loss', 'accuracy'):
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
