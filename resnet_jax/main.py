@@ -12,6 +12,7 @@ VMs, or given explicitly with `--num_processes`, `--process_id` and
 """
 
 import logging as std_logging
+import os
 import sys
 
 import jax
@@ -31,6 +32,10 @@ flags.DEFINE_string('coordinator_address', None,
 flags.DEFINE_integer('num_processes', None,
                      'Processes in the job; 1 forces a single process. Default: detected.')
 flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
+flags.DEFINE_string(
+    'compilation_cache_dir', os.path.join('~', '.cache', 'resnet_jax', 'jax_compilation'),
+    "JAX's persistent compilation cache, so that a second start of the same experiment "
+    'skips compiling; empty disables it.')
 
 
 def main(argv):
@@ -45,6 +50,9 @@ def main(argv):
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))
     except distributed.DistributedSetupError as error:
         raise app.UsageError(str(error)) from error
+    if FLAGS.compilation_cache_dir:
+        jax.config.update('jax_compilation_cache_dir',
+                          os.path.expanduser(FLAGS.compilation_cache_dir))
     if multi_process and jax.process_index() > 0:
         logging.set_verbosity(logging.WARNING)  # the job's log is process 0's; others warn
     try:

@@ -36,6 +36,16 @@ def test_main_job_end_to_end_with_overrides(tmp_path):
     assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4']
 
 
+def test_the_persistent_compilation_cache_is_written(tmp_path):
+    cache = tmp_path / 'cache'
+    result = run_main(
+        '--config', 'experiments/smoke.py', '--workdir', str(tmp_path / 'run'),
+        f'--compilation_cache_dir={cache}', '--config.total_steps=2',
+        '--config.model.name=cifar_resnet8', '--config.eval_every_steps=0')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(cache.iterdir()), 'no compiled program was cached'
+
+
 def test_a_typo_in_an_override_is_an_error(tmp_path):
     result = run_main('--config', 'experiments/smoke.py', '--workdir', str(tmp_path),
                       '--config.totl_steps=4')
