@@ -128,11 +128,12 @@ def augment(images: torch.Tensor, pad: int) -> torch.Tensor:
     """Random `pad`-pixel crop and horizontal flip of uint8 NHWC images (the paper's)."""
     b, h, w, _ = images.shape
     padded = F.pad(images, (0, 0, pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (2, b))
-    rows = (offsets[0, :, None] + torch.arange(h))[:, :, None]
-    cols = (offsets[1, :, None] + torch.arange(w))[:, None, :]
-    cropped = padded[torch.arange(b)[:, None, None], rows, cols]
-    flip = (torch.rand(b) < 0.5)[:, None, None, None]
+    device = images.device
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), device=device)
+    rows = (offsets[0, :, None] + torch.arange(h, device=device))[:, :, None]
+    cols = (offsets[1, :, None] + torch.arange(w, device=device))[:, None, :]
+    cropped = padded[torch.arange(b, device=device)[:, None, None], rows, cols]
+    flip = (torch.rand(b, device=device) < 0.5)[:, None, None, None]
     return torch.where(flip, cropped.flip(2), cropped)
 
 
@@ -155,7 +156,7 @@ def make_train_step(
             x = x - pixel_mean
         # NHWC memory seen as NCHW: exactly torch's channels-last layout.
         x = (x / 255.0).permute(0, 3, 1, 2)
-        with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16,
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
             logits = forward(x)
         loss = F.cross_entropy(logits.float(), labels[indices])
@@ -177,7 +178,8 @@ def make_eval_step(model: nn.Module, *, dtype: str = 'float32', compile: bool = 
     def evaluate(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         model.eval()
         x = (images[indices].float() / 255.0).permute(0, 3, 1, 2)
-        with torch.autocast('cpu', dtype=autocast_dtype, enabled=dtype == 'bfloat16'):
+        with torch.autocast(x.device.type, dtype=autocast_dtype,
+                            enabled=dtype == 'bfloat16'):
             logits = forward(x)
         model.train()
         return logits
@@ -203,29 +205,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    def sync():  # CUDA runs asynchronously: wait for it before reading the clock
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
 
     cifar = models.model_spec(args.model).stem == 'cifar'
     num_classes, image_size = (10, 32) if cifar else (1000, 224)
-    model = ResNet(args.model, num_classes, args.variant)
-    images, labels = synthetic_data(args.batch_size, image_size, num_classes)
+    model = ResNet(args.model, num_classes, args.variant).to(device)
+    images, labels = (t.to(device) for t in synthetic_data(
+        args.batch_size, image_size, num_classes))
     step = make_train_step(model, dtype=args.dtype, augment_pad=4 if cifar else None,
                            pixel_mean=images.float().mean(0), compile=args.compile)
-    batches = [torch.arange(i * args.batch_size, (i + 1) * args.batch_size) for i in range(4)]
+    batches = [torch.arange(i * args.batch_size, (i + 1) * args.batch_size, device=device)
+               for i in range(4)]
     start = time.perf_counter()
     step(images, labels, batches[0])
+    sync()
     print(f'first step (compile) {time.perf_counter() - start:.1f} s')
     times = []
     for r in range(args.repeats):
         start = time.perf_counter()
         for i in range(args.steps):
             step(images, labels, batches[(r * args.steps + i) % 4])
+        sync()
         times.append((time.perf_counter() - start) / args.steps)
     median = statistics.median(times)
     print(f'{args.model} {args.variant} batch {args.batch_size} {args.dtype}'
           f'{" compiled" if args.compile else ""}: median {1e3 * median:.1f} ms/step '
           f'(min {1e3 * min(times):.1f}, max {1e3 * max(times):.1f}), '
-          f'{args.batch_size / median:.1f} images/s, {torch.get_num_threads()} threads')
+          f'{args.batch_size / median:.1f} images/s on {device.type}, '
+          f'{torch.get_num_threads()} threads')
     return 0
 
 
