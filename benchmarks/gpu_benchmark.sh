@@ -45,7 +45,9 @@ if [[ "${TORCH:-0}" == 1 ]]; then
     local name=$1
     shift
     echo "== $name =="
-    timeout "${CASE_TIMEOUT:-150}" python3 benchmarks/torch_reference.py "$@" 2>&1 \
+    # The script imports resnet_jax.models (the depth table) from this checkout.
+    PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" \
+      timeout "${CASE_TIMEOUT:-150}" python3 benchmarks/torch_reference.py "$@" 2>&1 \
       | grep -v '^[IW][0-9]' | tee "$out/$name.txt"
   }
   t50=(--model resnet50 --variant v1 --batch-size "${r50[1]}" --steps 10 --repeats 5)
