@@ -3,9 +3,9 @@
     python -m resnet_jax.benchmark --config experiments/cifar10.py:resnet20
     python -m resnet_jax.benchmark --config experiments/r50.py --batch-size 32 --steps 3
 
-The model, optimiser, state and steps are built exactly as `train.train_and_evaluate`
-builds them (`configs.build_model`, `optim`, `train_state.create_train_state`,
-`steps.make_train_step` / `make_eval_step`); only the data differ: random uint8 images
+The model, optimiser, state and steps are built by the functions that
+`train.train_and_evaluate` uses (`build_model_and_optimizer`, `run_keys`, `build_steps`,
+`train_state.create_train_state`); only the data differ: random uint8 images
 that live on the device, as the in-memory input path keeps them.
 
 Timing: after compilation and `--warmup` steps, `--repeats` windows of `--steps` steps
@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configs, optim, parallel, steps, summary, train_state
+from resnet_jax import configs, parallel, summary, train_state
+from resnet_jax import train as training
 
 # Dense peak TFLOP/s by device_kind prefix and compute dtype (vendor datasheets, SXM parts).
 # On NVIDIA GPUs XLA runs float32 convolutions and matrix products on the tensor cores in
@@ -218,18 +219,14 @@ def build_steps(
     labels_np = rng.integers(0, num_classes, num_examples, dtype=np.int32)
 
     steps_per_epoch = num_examples // batch_size
-    total_steps = configs.total_steps(config, steps_per_epoch)
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, schedule)
-    bn_axis = parallel.DATA_AXIS if config.sync_batch_norm else None
-    model = configs.build_model(config, num_classes, bn_axis_name=bn_axis)
-    init_key, augment_key = jax.random.split(jax.random.key(config.seed))
+    model, tx, schedule, _ = training.build_model_and_optimizer(
+        config, num_classes, steps_per_epoch)
+    init_key, augment_key = training.run_keys(config.seed)
     state = train_state.create_train_state(model, tx, image_size, init_key, mesh)
 
     replicated = parallel.replicated(mesh)
     images = jax.device_put(images_np, replicated)
     labels = jax.device_put(labels_np, replicated)
-    pixel_mean = jnp.asarray(images_np.mean(axis=0, dtype=np.float64), jnp.float32)
     # Index batches are put on the device up front, so that no transfer is timed.
     train_indices = [jax.device_put(np.arange(i * batch_size, (i + 1) * batch_size,
                                               dtype=np.int32), replicated)
@@ -237,10 +234,8 @@ def build_steps(
     eval_indices = jax.device_put(np.arange(eval_batch_size, dtype=np.int32), replicated)
     eval_mask = jax.device_put(np.ones(eval_batch_size, np.float32), replicated)
 
-    train_step = steps.make_train_step(
-        model, tx, schedule, mesh, pixel_mean=pixel_mean, augment=config.augment,
-        pad_pixels=config.pad_pixels, augment_key=augment_key)
-    eval_step = steps.make_eval_step(model, mesh, pixel_mean=pixel_mean)
+    train_step, eval_step = training.build_steps(
+        config, model, tx, schedule, mesh, augment_key, images_np)
 
     start = time.perf_counter()
     train_compiled = train_step.lower(state, images, labels, train_indices[0]).compile()

@@ -146,6 +146,35 @@ def run_record(config: ml_collections.ConfigDict, model) -> dict:
             'num_classes': model.num_classes}
 
 
+def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: int,
+                              steps_per_epoch: int):
+    """The model, optimiser, schedule and run length in steps that `config` describes."""
+    total_steps = configs.total_steps(config, steps_per_epoch)
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
+    tx = optim.make_optimizer(config, schedule)
+    bn_axis = parallel.DATA_AXIS if config.sync_batch_norm else None
+    model = configs.build_model(config, num_classes, bn_axis_name=bn_axis)
+    return model, tx, schedule, total_steps
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """The initialisation key and the augmentation key of a run."""
+    # 'rbg' keys make the initialiser compile several times faster on CPU than threefry;
+    # the augmentation keeps threefry, whose numbers do not depend on the sharding.
+    return jax.random.key(seed, impl='rbg'), jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def build_steps(config: ml_collections.ConfigDict, model, tx, schedule, mesh,
+                augment_key: jax.Array, train_images: np.ndarray):
+    """The jitted train and eval steps of a run; the per-pixel mean is the train set's."""
+    pixel_mean = jnp.asarray(train_images.mean(axis=0, dtype=np.float64), jnp.float32)
+    train_step = steps.make_train_step(
+        model, tx, schedule, mesh, pixel_mean=pixel_mean, augment=config.augment,
+        pad_pixels=config.pad_pixels, augment_key=augment_key,
+        skip_nonfinite=config.skip_nonfinite_steps)
+    return train_step, steps.make_eval_step(model, mesh, pixel_mean=pixel_mean)
+
+
 def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None:
     """Intervals that can never trigger are mistakes (usually steps given for epochs)."""
     if config.eval_every_steps > total_steps:
@@ -173,20 +202,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  data.num_classes)
 
     order = BatchOrder(len(data.train_labels), config.batch_size, config.seed)
-    total_steps = configs.total_steps(config, order.steps_per_epoch)
+    model, tx, schedule, total_steps = build_model_and_optimizer(
+        config, data.num_classes, order.steps_per_epoch)
     check_intervals(config, total_steps)
-    schedule = optim.learning_rate_schedule(config, order.steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, schedule)
-    bn_axis = parallel.DATA_AXIS if config.sync_batch_norm else None
-    model = configs.build_model(config, data.num_classes, bn_axis_name=bn_axis)
     # Orbax keeps `keep_checkpoints` and writes one more before deleting the oldest.
     check_free_space(workdir_path, (config.keep_checkpoints + 1)
                      * train_state.train_state_bytes(model, tx, image_size))
 
-    # 'rbg' keys make the initialiser compile several times faster on CPU than threefry;
-    # the augmentation keeps threefry, whose numbers do not depend on the sharding.
-    init_key = jax.random.key(config.seed, impl='rbg')
-    augment_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+    init_key, augment_key = run_keys(config.seed)
     state = train_state.create_train_state(model, tx, image_size, init_key, mesh)
     checkpointer = checkpoint.Checkpointer(
         workdir_path / 'checkpoints', config.keep_checkpoints, run_record(config, model))
@@ -206,12 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     device_data = {name: parallel.global_array(value, replicated) for name, value in (
         ('train_images', data.train_images), ('train_labels', data.train_labels),
         ('eval_images', data.eval_images), ('eval_labels', data.eval_labels))}
-    pixel_mean = jnp.asarray(data.train_images.mean(axis=0, dtype=np.float64), jnp.float32)
-    train_step = steps.make_train_step(
-        model, tx, schedule, mesh, pixel_mean=pixel_mean, augment=config.augment,
-        pad_pixels=config.pad_pixels, augment_key=augment_key,
-        skip_nonfinite=config.skip_nonfinite_steps)
-    eval_step = steps.make_eval_step(model, mesh, pixel_mean=pixel_mean)
+    train_step, eval_step = build_steps(
+        config, model, tx, schedule, mesh, augment_key, data.train_images)
 
     compile_start = time.perf_counter()
     train_step = train_step.lower(
