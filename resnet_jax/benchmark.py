@@ -4,7 +4,7 @@
     python -m resnet_jax.benchmark --config experiments/r50.py --batch-size 32 --steps 3
 
 The model, optimiser, state and steps are built by the functions that
-`train.train_and_evaluate` uses (`build_model_and_optimizer`, `run_keys`, `build_steps`,
+`train.train_and_evaluate` uses (`build_model_and_optimizer`, `run_keys`, the steps,
 `train_state.create_train_state`); only the data differ: random uint8 images
 that live on the device, as the in-memory input path keeps them.
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configs, parallel, summary, train_state
+from resnet_jax import configs, in_memory, parallel, steps, summary, train_state
 from resnet_jax import train as training
 
 # Dense peak TFLOP/s by device_kind prefix and compute dtype (vendor datasheets, SXM parts).
@@ -168,6 +168,13 @@ def compiled_memory(compiled: Any) -> int | None:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
+def _as_in_memory(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config's in-memory twin, for the eval step (the same forward pass)."""
+    twin = ml_collections.ConfigDict(config.to_dict())
+    twin.pipeline, twin.augment = 'memory', 'none'
+    return twin
+
+
 def _dataset_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(num_classes, image_size) from the config, or from the data set it names."""
     known_classes, known_size = configs.DATASET_SHAPES.get(config.dataset, (None, None))
@@ -234,11 +241,27 @@ def build_steps(
     eval_indices = jax.device_put(np.arange(eval_batch_size, dtype=np.int32), replicated)
     eval_mask = jax.device_put(np.ones(eval_batch_size, np.float32), replicated)
 
-    train_step, eval_step = training.build_steps(
-        config, model, tx, schedule, mesh, augment_key, images_np)
+    train_step, eval_step = in_memory.build_steps(
+        config if configs.pipeline(config) == 'memory' else _as_in_memory(config), model, tx,
+        schedule, mesh, augment_key, images_np)
+    if configs.pipeline(config) == 'streaming':
+        # Streamed batches arrive cropped and sharded; only the device's part is timed.
+        stream = config.streaming
+        train_step = steps.make_batch_train_step(
+            model, tx, schedule, mesh, mean=jnp.asarray(stream.mean_rgb, jnp.float32),
+            std=jnp.asarray(stream.std_rgb, jnp.float32),
+            lighting=steps.Lighting(stream.lighting_std, tuple(stream.lighting_eigenvalues),
+                                    tuple(map(tuple, stream.lighting_eigenvectors))),
+            augment_key=augment_key, skip_nonfinite=config.skip_nonfinite_steps)
+        sharded = parallel.batch_sharded(mesh)
+        batches = [(jax.device_put(images_np[i * batch_size:(i + 1) * batch_size], sharded),
+                    jax.device_put(labels_np[i * batch_size:(i + 1) * batch_size], sharded))
+                   for i in range(steps_per_epoch)]
+    else:
+        batches = [(images, labels, indices) for indices in train_indices]
 
     start = time.perf_counter()
-    train_compiled = train_step.lower(state, images, labels, train_indices[0]).compile()
+    train_compiled = train_step.lower(state, *batches[0]).compile()
     train_compile_s = time.perf_counter() - start
     log(f'compiled the train step in {train_compile_s:.1f} s')
     start = time.perf_counter()
@@ -247,8 +270,7 @@ def build_steps(
 
     def train(i: int):
         nonlocal state
-        state, metrics = train_compiled(state, images, labels,
-                                        train_indices[i % steps_per_epoch])
+        state, metrics = train_compiled(state, *batches[i % steps_per_epoch])
         return metrics
 
     def evaluate(_: int):

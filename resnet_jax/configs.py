@@ -15,7 +15,13 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
+# In-memory data sets, and the ones the streaming pipeline reads ('tfds:NAME' for any
+# tfds image classification data set).
 DATASETS = ('cifar10', 'image_folder', 'synthetic')
+STREAMING_DATASETS = ('image_folder', 'imagenet2012', 'tfds:NAME')
+PIPELINES = ('auto', 'memory', 'streaming')
+EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
+STREAMING_AUGMENTATIONS = ('scale', 'inception', 'none')
 DTYPES = ('float32', 'bfloat16')
 SCHEDULES = ('step', 'cosine')
 DURATION_UNITS = ('steps', 'epochs')
@@ -34,7 +40,11 @@ def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    # Input. 'cifar10' and 'image_folder' are loaded once and kept on the device.
+    # Input. 'memory': the data set is loaded once and kept on the device ('cifar10',
+    # 'image_folder', 'synthetic'). 'streaming': tf.data reads, decodes and augments on the
+    # hosts ('imagenet2012', 'tfds:NAME', 'image_folder' with images of any size).
+    # 'auto': streaming for imagenet2012 and tfds:NAME, memory for the others.
+    config.pipeline = 'auto'
     config.dataset = 'cifar10'
     config.data_dir = ''  # '' searches $RESNET_JAX_DATA_DIR, ./data/cifar10-jpeg, tfds.
     config.validation_examples = 0  # >0 holds these out of train and evaluates on them.
@@ -43,9 +53,12 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.synthetic = ml_collections.ConfigDict()
     config.synthetic.num_train_examples = 1024
     config.synthetic.num_eval_examples = 256
-    # The paper's CIFAR augmentation: 4-pixel zero pad, random crop, horizontal flip.
+    # Augmentation of in-memory data, on the device: 'pad_crop_flip' (the paper's CIFAR
+    # augmentation: 4-pixel zero pad, random crop, horizontal flip), 'flip' or 'none'.
+    # (Streamed data: streaming.augment.)
     config.augment = 'pad_crop_flip'
     config.pad_pixels = 4
+    config.streaming = streaming_config()
 
     config.model = ml_collections.ConfigDict()
     config.model.name = 'cifar_resnet20'
@@ -92,6 +105,42 @@ def get_base_config() -> ml_collections.ConfigDict:
     return config
 
 
+def streaming_config() -> ml_collections.ConfigDict:
+    """Fields of the streaming pipeline; the defaults are the paper's ImageNet recipe."""
+    stream = ml_collections.ConfigDict()
+    # Host augmentation of the training images: 'scale' (the paper: shorter side resized to
+    # a random size in scale_range, random image_size crop, flip), 'inception' (random-
+    # resized crop, flip) or 'none' (centre crop, as evaluated).
+    stream.augment = 'scale'
+    stream.scale_range = (256, 480)  # 'scale': the shorter side's random size (inclusive).
+    stream.area_range = (0.08, 1.0)  # 'inception': fraction of the image area kept.
+    stream.aspect_range = (3 / 4, 4 / 3)  # 'inception': aspect ratio of the crop.
+    # Per-channel normalisation of the 0-255 pixels (ImageNet's training-set statistics).
+    stream.mean_rgb = (123.675, 116.28, 103.53)
+    stream.std_rgb = (58.395, 57.12, 57.375)
+    # AlexNet's PCA colour augmentation, on the device: 0 turns it off (the paper uses it,
+    # with 0.1). Eigen-decomposition of ImageNet's RGB covariance, pixels in [0, 1].
+    stream.lighting_std = 0.0
+    stream.lighting_eigenvalues = (0.2175, 0.0188, 0.0045)
+    stream.lighting_eigenvectors = ((-0.5675, 0.7192, 0.4009),
+                                    (-0.5808, -0.0045, -0.8140),
+                                    (-0.5836, -0.6948, 0.4203))
+    # Evaluation. The first mode runs every eval_every_steps; all of them at the end.
+    # 'center_crop': shorter side to eval_resize, centre image_size crop. 'ten_crop': the
+    # four corners and the centre and their mirror images (the paper's Table 3).
+    # 'multi_scale': the whole image, fully convolutional, scores averaged over shorter
+    # sides multi_scale_sizes (the paper's Table 4); the longer side is cut to the nearest
+    # lower of multi_scale_aspect_ratios so that images batch in a few shapes.
+    stream.eval_modes = ('center_crop',)
+    stream.eval_resize = 256
+    stream.multi_scale_sizes = (224, 256, 384, 480, 640)
+    stream.multi_scale_aspect_ratios = (1.0, 1.25, 4 / 3, 1.5, 16 / 9, 2.0)
+    # tfds sources only: examples in the shuffle buffer (an image folder is permuted whole).
+    stream.shuffle_buffer = 16384
+    stream.threads = 0  # tf.data worker threads per process; 0: one per CPU core.
+    return stream
+
+
 def paper_imagenet_config(model_name: str) -> ml_collections.ConfigDict:
     """The paper's ImageNet recipe (section 3.4) for one model.
 
@@ -100,10 +149,13 @@ def paper_imagenet_config(model_name: str) -> ml_collections.ConfigDict:
     fb.resnet.torch that reproduces the paper's numbers.
     """
     config = get_base_config()
-    config.dataset = 'imagenet2012'
+    config.dataset = 'imagenet2012'  # streamed ('auto'); 'synthetic' runs in memory.
     config.image_size = 224
     config.num_classes = 1000
-    config.augment = 'none'  # the streaming pipeline augments on the host.
+    config.augment = 'flip'  # only for --config.dataset=synthetic (in memory).
+    config.streaming.augment = 'scale'  # shorter side in [256, 480], random 224 crop, flip.
+    config.streaming.lighting_std = 0.1
+    config.streaming.eval_modes = ('center_crop', 'ten_crop', 'multi_scale')
     config.model.name = model_name
     config.model.variant = 'v1'
     config.model.shortcut = 'B'
@@ -143,11 +195,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         if not ok:
             raise ConfigError(message)
 
-    check(config.dataset in DATASETS + ('imagenet2012',),
-          f'dataset={config.dataset!r}: choose one of {DATASETS}')
-    check(config.dataset != 'imagenet2012',
-          'dataset=imagenet2012 needs the streaming pipeline, which this release does not '
-          'have yet; run with --config.dataset=synthetic to exercise the model and recipe')
+    check(config.pipeline in PIPELINES, f'pipeline={config.pipeline!r}: choose {PIPELINES}')
+    if pipeline(config) == 'memory':
+        check(config.dataset in DATASETS,
+              f'dataset={config.dataset!r} with pipeline=memory: choose one of {DATASETS}'
+              + (' (or set --config.pipeline=auto)' if _is_streaming_only(config.dataset)
+                 else ''))
+        check(config.augment in AUGMENTATIONS,
+              f'augment={config.augment!r} with pipeline=memory: choose one of {AUGMENTATIONS}')
+    else:
+        _validate_streaming(config, check)
     check(config.model.name in models.MODEL_NAMES,
           f'model.name={config.model.name!r} is unknown; valid names: '
           f'{", ".join(models.MODEL_NAMES)}')
@@ -156,8 +213,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.model.shortcut in (None, 'A', 'B', 'C', 'none'),
           f"model.shortcut={config.model.shortcut!r}: choose 'A', 'B', 'C' or 'none'")
     check(config.dtype in DTYPES, f'dtype={config.dtype!r}: choose one of {DTYPES}')
-    check(config.augment in AUGMENTATIONS,
-          f'augment={config.augment!r}: choose one of {AUGMENTATIONS}')
     for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'keep_checkpoints',
                   'checkpoint_every_steps'):
         check(config[field] > 0, f'{field}={config[field]} must be positive')
@@ -189,6 +244,56 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(optim.weight_decay >= 0, 'optim.weight_decay must be >= 0')
     check(optim.weight_decay_params in WEIGHT_DECAY_PARAMS,
           f'optim.weight_decay_params: choose one of {WEIGHT_DECAY_PARAMS}')
+
+
+def pipeline(config: ml_collections.ConfigDict) -> str:
+    """'memory' or 'streaming': the input path that the config's pipeline and dataset pick."""
+    if config.pipeline != 'auto':
+        return config.pipeline
+    return 'streaming' if _is_streaming_only(config.dataset) else 'memory'
+
+
+def _is_streaming_only(dataset: str) -> bool:
+    return dataset == 'imagenet2012' or dataset.startswith('tfds:')
+
+
+def _validate_streaming(config: ml_collections.ConfigDict, check) -> None:
+    stream = config.streaming
+    check(config.dataset == 'image_folder' or _is_streaming_only(config.dataset)
+          and config.dataset != 'tfds:',
+          f'dataset={config.dataset!r} with pipeline=streaming: choose one of '
+          f'{STREAMING_DATASETS}')
+    check(stream.augment in STREAMING_AUGMENTATIONS,
+          f'streaming.augment={stream.augment!r}: choose one of {STREAMING_AUGMENTATIONS}')
+    check(config.image_size is not None,
+          'pipeline=streaming needs --config.image_size (the side of the training crops)')
+    check(config.validation_examples == 0,
+          'validation_examples is for in-memory data sets; a streamed data set is evaluated '
+          'on its validation (or test) split')
+    low, high = stream.scale_range
+    check(config.image_size <= low <= high,
+          f'streaming.scale_range={tuple(stream.scale_range)} must be increasing and start '
+          f'at image_size={config.image_size} or above (the crop must fit)')
+    check(0 < stream.area_range[0] <= stream.area_range[1] <= 1,
+          'streaming.area_range must satisfy 0 < low <= high <= 1')
+    check(0 < stream.aspect_range[0] <= stream.aspect_range[1],
+          'streaming.aspect_range must satisfy 0 < low <= high')
+    check(len(stream.mean_rgb) == 3 and len(stream.std_rgb) == 3
+          and all(s > 0 for s in stream.std_rgb),
+          'streaming.mean_rgb and std_rgb need three values each, std positive')
+    check(stream.lighting_std >= 0, 'streaming.lighting_std must be >= 0')
+    modes = tuple(stream.eval_modes)
+    check(len(modes) > 0 and all(m in EVAL_MODES for m in modes),
+          f'streaming.eval_modes={modes}: choose one or more of {EVAL_MODES}')
+    check(stream.eval_resize >= config.image_size,
+          f'streaming.eval_resize={stream.eval_resize} must be >= image_size')
+    check(len(stream.multi_scale_sizes) > 0 and min(stream.multi_scale_sizes) > 0,
+          'streaming.multi_scale_sizes needs positive sizes')
+    check(len(stream.multi_scale_aspect_ratios) > 0
+          and min(stream.multi_scale_aspect_ratios) >= 1,
+          'streaming.multi_scale_aspect_ratios must be >= 1 (longer side over shorter)')
+    check(stream.shuffle_buffer > 0, 'streaming.shuffle_buffer must be positive')
+    check(stream.threads >= 0, 'streaming.threads must be >= 0 (0: one per core)')
 
 
 def to_steps(amount: float, unit: str, steps_per_epoch: int) -> int:

@@ -1,7 +1,8 @@
-"""The jitted train and eval steps: pure functions of the state and a batch of indices.
+"""The jitted train and eval steps: pure functions of the state and a batch.
 
-The data sets live on the device (uint8). A step receives the indices of its global
-batch, gathers and augments them on the device, then runs the per-device part under
+In-memory data sets live on the device (uint8): a step receives the indices of its
+global batch and gathers and augments them on the device. Streamed batches arrive
+cropped on the hosts and are normalised on the device. Both then run the per-device part under
 `jax.shard_map`: forward and backward on the local shard, then `lax.pmean` of gradients,
 BatchNorm statistics and metrics over the data axis (the semantics of `jax.pmap`).
 """
@@ -9,6 +10,7 @@ BatchNorm statistics and metrics over the data axis (the semantics of `jax.pmap`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -69,28 +71,9 @@ def _jit_options(mesh: Mesh) -> dict[str, Any]:
     return {'compiler_options': CPU_COMPILER_OPTIONS} if _on_cpu(mesh) else {}
 
 
-def make_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    mesh: Mesh,
-    *,
-    pixel_mean: jax.Array,
-    augment: str,
-    pad_pixels: int,
-    augment_key: jax.Array,
-    skip_nonfinite: bool = False,
-) -> Callable:
-    """Returns `train_step(state, images, labels, indices) -> (state, metrics)`, jitted.
-
-    `images`/`labels` are the whole training set on the device; `indices` [batch] picks
-    the global batch. Augmentation randomness is `fold_in(augment_key, step)`, so a run
-    resumed from a checkpoint sees the same crops and flips as one never stopped, and it
-    does not depend on the number of devices. With `skip_nonfinite`, a step whose loss or
-    gradients are not finite leaves the state unchanged (but for the step counter) and
-    reports `skipped` = 1.
-    """
-
+def _make_sharded_update(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                         skip_nonfinite: bool) -> Callable:
+    """`(state, batch, labels) -> (state, metrics)`: the data-parallel update of one step."""
     on_cpu = _on_cpu(mesh)
 
     def per_device_step(state: TrainState, images, labels):
@@ -132,17 +115,87 @@ def make_train_step(
             metrics['skipped'] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
-    sharded_step = jax.shard_map(
+    return jax.shard_map(
         per_device_step, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)), out_specs=(P(), P()))
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    *,
+    pixel_mean: jax.Array,
+    augment: str,
+    pad_pixels: int,
+    augment_key: jax.Array,
+    skip_nonfinite: bool = False,
+) -> Callable:
+    """Returns `train_step(state, images, labels, indices) -> (state, metrics)`, jitted.
+
+    `images`/`labels` are the whole training set on the device; `indices` [batch] picks
+    the global batch. Augmentation randomness is `fold_in(augment_key, step)`, so a run
+    resumed from a checkpoint sees the same crops and flips as one never stopped, and it
+    does not depend on the number of devices. With `skip_nonfinite`, a step whose loss or
+    gradients are not finite leaves the state unchanged (but for the step counter) and
+    reports `skipped` = 1.
+    """
+    sharded_update = _make_sharded_update(model, tx, mesh, skip_nonfinite)
     batch_sharding = parallel.batch_sharded(mesh)
 
     def train_step(state: TrainState, images, labels, indices):
         key = jax.random.fold_in(augment_key, state.step)
         batch = augment_lib.augment(key, images[indices], augment, pad_pixels)
-        batch = augment_lib.normalize(batch, pixel_mean, model.dtype)
+        batch = augment_lib.normalize(batch, pixel_mean, 255.0, model.dtype)
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
-        new_state, metrics = sharded_step(state, batch, batch_labels)
+        new_state, metrics = sharded_update(state, batch, batch_labels)
+        metrics['learning_rate'] = schedule(state.step)
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0, **_jit_options(mesh))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lighting:
+    """The PCA colour augmentation's strength and the data's RGB eigen-decomposition."""
+
+    std: float
+    eigenvalues: tuple[float, ...]
+    eigenvectors: tuple[tuple[float, ...], ...]
+
+
+def make_batch_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    mesh: Mesh,
+    *,
+    mean: jax.Array,
+    std: jax.Array,
+    lighting: Lighting | None,
+    augment_key: jax.Array,
+    skip_nonfinite: bool = False,
+) -> Callable:
+    """Returns `train_step(state, images, labels) -> (state, metrics)` for streamed batches.
+
+    `images` is the global uint8 batch, already cropped and flipped on the hosts and
+    sharded over the devices. The step adds the lighting shift (random from
+    `fold_in(augment_key, step)`) and normalises by the per-channel mean and std.
+    """
+    sharded_update = _make_sharded_update(model, tx, mesh, skip_nonfinite)
+    batch_sharding = parallel.batch_sharded(mesh)
+
+    def train_step(state: TrainState, images, labels):
+        offset = None
+        if lighting is not None and lighting.std > 0:
+            key = jax.random.fold_in(augment_key, state.step)
+            offset = augment_lib.lighting_offset(
+                key, images.shape[0], lighting.std, jnp.asarray(lighting.eigenvalues),
+                jnp.asarray(lighting.eigenvectors))
+        batch = augment_lib.normalize(images, mean, std, model.dtype, offset)
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        new_state, metrics = sharded_update(state, batch, labels)
         metrics['learning_rate'] = schedule(state.step)
         return new_state, metrics
 
@@ -157,7 +210,7 @@ def make_eval_step(model: nn.Module, mesh: Mesh, *, pixel_mean: jax.Array) -> Ca
     batch_sharding = parallel.batch_sharded(mesh)
 
     def eval_step(state: TrainState, images, labels, indices, mask):
-        batch = augment_lib.normalize(images[indices], pixel_mean, model.dtype)
+        batch = augment_lib.normalize(images[indices], pixel_mean, 255.0, model.dtype)
         batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
         batch_labels = labels[indices]
         variables = {'params': state.params, 'batch_stats': state.batch_stats}

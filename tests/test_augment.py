@@ -53,7 +53,7 @@ def test_different_keys_give_different_crops():
 def test_normalize_subtracts_the_per_pixel_mean():
     images = _images(4)
     mean = images.mean(axis=0).astype(np.float32)
-    out = augment.normalize(jnp.asarray(images), jnp.asarray(mean), jnp.bfloat16)
+    out = augment.normalize(jnp.asarray(images), jnp.asarray(mean), 255.0, jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32),
                                (images - mean) / 255.0, atol=4e-3)

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import configs, optim, parallel, steps, train, train_state
+from resnet_jax import configs, in_memory, optim, parallel, steps, train, train_state
 from resnet_jax.data import arrays
 
 
@@ -140,8 +140,8 @@ def test_evaluation_is_exact_with_a_padded_last_batch():
     model = configs.build_model(config, 10)
     eval_step = steps.make_eval_step(model, mesh, pixel_mean=jnp.full((8, 8, 3), 127.0))
     images, labels, _ = _batch(30, seed=3)
-    padded = train.evaluate(eval_step, state, images, labels, batch_size=8, mesh=mesh)
-    whole = train.evaluate(eval_step, state, images, labels, batch_size=30, mesh=mesh)
+    padded = in_memory.evaluate(eval_step, state, images, labels, batch_size=8, mesh=mesh)
+    whole = in_memory.evaluate(eval_step, state, images, labels, batch_size=30, mesh=mesh)
     for key in whole:
         assert padded[key] == pytest.approx(whole[key], rel=1e-5)
     # Reference computed example by example, without padding.
@@ -152,13 +152,13 @@ def test_evaluation_is_exact_with_a_padded_last_batch():
 
 
 def test_batch_order_is_a_fresh_permutation_each_epoch_and_resumable():
-    order = train.BatchOrder(num_examples=10, batch_size=3, seed=5)
+    order = in_memory.BatchOrder(num_examples=10, batch_size=3, seed=5)
     assert order.steps_per_epoch == 3
     epoch0 = np.concatenate([order.indices(s) for s in range(3)])
     epoch1 = np.concatenate([order.indices(s) for s in range(3, 6)])
     assert len(set(epoch0)) == 9 and len(set(epoch1)) == 9
     assert not np.array_equal(epoch0, epoch1)
-    fresh = train.BatchOrder(num_examples=10, batch_size=3, seed=5)
+    fresh = in_memory.BatchOrder(num_examples=10, batch_size=3, seed=5)
     np.testing.assert_array_equal(fresh.indices(4), order.indices(4))
 
 

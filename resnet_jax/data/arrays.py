@@ -275,7 +275,7 @@ def _load_tfds_cifar10(data_dir: str) -> ArrayDataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Listing:
+class ImageFolderListing:
     """The files of an image folder, and what identifies this version of it."""
 
     class_names: tuple[str, ...]
@@ -296,7 +296,7 @@ def _load_image_folder(data_dir: str, image_size: int | None) -> ArrayDataset:
     if image_size is not None and image_size <= 0:
         raise ValueError(f'image_size={image_size} must be positive')
     root = os.path.abspath(os.path.expanduser(data_dir))
-    listing = _list_image_folder(root)
+    listing = list_image_folder(root)
     cache_path = _cache_path(root, listing, image_size)
     arrays = _read_cache(cache_path, listing) if cache_path else None
     if arrays is None:
@@ -326,7 +326,7 @@ def _find_split_dirs(root: str) -> tuple[str, str] | None:
     return None
 
 
-def _list_image_folder(root: str) -> _Listing:
+def list_image_folder(root: str) -> ImageFolderListing:
     """Lists every image once; labels are the sorted train class-folder names."""
     split_dirs = _find_split_dirs(root)
     if split_dirs is None:
@@ -344,8 +344,9 @@ def _list_image_folder(root: str) -> _Listing:
     stats = {'files': 0, 'bytes': 0, 'newest_mtime_ns': 0}
     train_paths, train_labels = _list_split(train_dir, class_names, stats)
     eval_paths, eval_labels = _list_split(eval_dir, class_names, stats)
-    return _Listing(class_names, 'test' if os.path.basename(eval_dir) == 'test' else 'validation',
-                    train_paths, train_labels, eval_paths, eval_labels, stats)
+    eval_split = 'test' if os.path.basename(eval_dir) == 'test' else 'validation'
+    return ImageFolderListing(class_names, eval_split, train_paths, train_labels, eval_paths,
+                              eval_labels, stats)
 
 
 def _subdirs(path: str) -> list[str]:
@@ -420,7 +421,7 @@ def _decode_image(path: str, image_size: int | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- cache
 
 
-def _cache_path(root: str, listing: _Listing, image_size: int | None) -> str | None:
+def _cache_path(root: str, listing: ImageFolderListing, image_size: int | None) -> str | None:
     """Where the decoded arrays of this version of the folder are cached (None: no cache)."""
     if listing.fingerprint['files'] < _CACHE_MIN_FILES:
         return None
@@ -430,7 +431,7 @@ def _cache_path(root: str, listing: _Listing, image_size: int | None) -> str | N
     return os.path.join(os.path.abspath(cache_dir), f'{os.path.basename(root)}-{digest}.npz')
 
 
-def _read_cache(path: str, listing: _Listing) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_cache(path: str, listing: ImageFolderListing) -> tuple[np.ndarray, np.ndarray] | None:
     """The cached (train, eval) images, or None if absent or unusable (then rebuilt)."""
     if not os.path.isfile(path):
         return None

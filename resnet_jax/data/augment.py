@@ -41,6 +41,26 @@ def augment(key: jax.Array, images: jax.Array, kind: str, pad: int) -> jax.Array
     return random_flip(flip_key, images)
 
 
-def normalize(images: jax.Array, pixel_mean: jax.Array, dtype) -> jax.Array:
-    """Per-pixel mean subtraction (the paper), in units of 1/255, cast to `dtype`."""
-    return ((images.astype(jnp.float32) - pixel_mean) / 255.0).astype(dtype)
+def normalize(images: jax.Array, mean: jax.Array, std: jax.Array | float, dtype,
+              offset: jax.Array | None = None) -> jax.Array:
+    """(images + offset - mean) / std, cast to `dtype`.
+
+    `mean` is per pixel [H, W, 3] (the paper's CIFAR input) or per channel [3]; `offset`
+    [B, 3] is a per-image colour shift (the lighting augmentation), in pixel units.
+    """
+    images = images.astype(jnp.float32)
+    if offset is not None:
+        images = images + offset[:, None, None, :]
+    return ((images - mean) / std).astype(dtype)
+
+
+def lighting_offset(key: jax.Array, batch: int, std: float, eigenvalues: jax.Array,
+                    eigenvectors: jax.Array) -> jax.Array:
+    """AlexNet's PCA colour augmentation, as a per-image RGB shift [B, 3] in pixel units.
+
+    Adds eigenvectors @ (alpha * eigenvalues) with alpha ~ N(0, std) per image to every
+    pixel; the eigen-decomposition is of the RGB covariance of the training set, with
+    pixels in [0, 1] (the values in the config are ImageNet's, from fb.resnet.torch).
+    """
+    alpha = std * jax.random.normal(key, (batch, 3))
+    return 255.0 * (alpha * eigenvalues) @ eigenvectors.T

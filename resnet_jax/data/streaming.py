@@ -1,0 +1,197 @@
+"""The streaming input pipeline (tf.data): per-process shares, host augmentation, resume.
+
+Each process reads only its own part of every global batch and decodes and augments it
+on its CPUs. The data order is a function of (seed, epoch) and each example's augmentation
+a function of (seed, epoch, position), so the pipeline can start at any step: a resumed
+run sees exactly the batches of a run never stopped.
+
+- Image folders (random access): one permutation of the whole train split per epoch;
+  process p takes columns [p*L, (p+1)*L) of every global batch of size B = P*L, so the
+  global batches are the same on any number of processes. Resuming skips the indices
+  of the done steps, at no cost.
+- tfds data sets (TFRecord files): each process streams an even share of the split,
+  files in a seeded order, through a seeded shuffle buffer. Resuming replays the epoch's
+  records up to the step without decoding them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from resnet_jax.data import host_augment, sources
+
+# The pipeline must not take the accelerators from JAX (a full `tensorflow` install
+# would otherwise claim GPU memory).
+tf.config.set_visible_devices([], 'GPU')
+
+logger = logging.getLogger(__name__)
+
+EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
+
+
+@dataclasses.dataclass(frozen=True)
+class HostAugmentation:
+    """What the host does to each image; read from the config."""
+
+    train_kind: str  # 'scale' (the paper), 'inception' or 'none'
+    image_size: int
+    scale_range: tuple[int, int]
+    area_range: tuple[float, float]
+    aspect_range: tuple[float, float]
+    eval_resize: int
+    multi_scale_sizes: tuple[int, ...]
+    multi_scale_aspect_ratios: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> HostAugmentation:
+        stream = config.streaming
+        return cls(stream.augment, config.image_size, tuple(stream.scale_range),
+                   tuple(stream.area_range), tuple(stream.aspect_range), stream.eval_resize,
+                   tuple(stream.multi_scale_sizes), tuple(stream.multi_scale_aspect_ratios))
+
+    def train_view(self, encoded, seed):
+        return host_augment.train_image(
+            encoded, seed, kind=self.train_kind, crop_size=self.image_size,
+            scale_range=self.scale_range, area_range=self.area_range,
+            aspect_range=self.aspect_range)
+
+    def eval_views(self, encoded, mode: str) -> dict[str, tf.Tensor]:
+        """The views of one evaluation image, each [V, H, W, 3] uint8, by name."""
+        if mode == 'center_crop':
+            return {'center': host_augment.center_crop(encoded, self.image_size,
+                                                       self.eval_resize)}
+        if mode == 'ten_crop':
+            return {'ten_crop': host_augment.ten_crop(encoded, self.image_size,
+                                                      self.eval_resize)}
+        if mode == 'multi_scale':
+            return host_augment.multi_scale_views(encoded, self.multi_scale_sizes,
+                                                  self.multi_scale_aspect_ratios)
+        raise ValueError(f'unknown evaluation mode {mode!r}; choose one of {EVAL_MODES}')
+
+
+def _options(threads: int) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    if threads:
+        options.threading.private_threadpool_size = threads
+    return options
+
+
+class TrainStream:
+    """This process's local batches of the training split, from any step on."""
+
+    def __init__(self, source, augmentation: HostAugmentation, *, seed: int,
+                 global_batch: int, process_index: int, process_count: int,
+                 shuffle_buffer: int, threads: int = 0):
+        self.source = source
+        self.augmentation = augmentation
+        self.seed = seed
+        self.global_batch = global_batch
+        self.local_batch = global_batch // process_count
+        self.process_index = process_index
+        self.process_count = process_count
+        self.shuffle_buffer = shuffle_buffer
+        self.threads = threads
+        self.steps_per_epoch = source.num_examples('train') // global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f'batch_size={global_batch} exceeds the '
+                             f'{source.num_examples("train")} training examples')
+
+    def batches(self, start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images uint8 [L, S, S, 3], labels int32 [L]) for steps start_step, start_step+1, ..."""
+        epoch, position = divmod(start_step, self.steps_per_epoch)
+        while True:
+            started = time.perf_counter()
+            dataset = self.epoch_dataset(epoch, first_step=position)
+            for i, (images, labels) in enumerate(dataset.as_numpy_iterator()):
+                if i == 0 and position:
+                    logger.info('Resumed the input of epoch %d at step %d of %d in %.1f s.',
+                                epoch, position, self.steps_per_epoch,
+                                time.perf_counter() - started)
+                yield images, labels
+            epoch, position = epoch + 1, 0
+
+    def epoch_dataset(self, epoch: int, first_step: int = 0) -> tf.data.Dataset:
+        """Batches of one epoch from step `first_step` of it on."""
+        local, steps = self.local_batch, self.steps_per_epoch
+        if self.source.random_access:
+            order = sources.random_order(self.seed, epoch, self.source.num_examples('train'))
+            columns = slice(self.process_index * local, (self.process_index + 1) * local)
+            indices = order[:steps * self.global_batch].reshape(steps, -1)[first_step:, columns]
+            positions = self._positions(np.arange(first_step * local, steps * local))
+            records = self.source.read('train', tf.data.Dataset.from_tensor_slices(
+                (indices.reshape(-1), positions)))
+        else:
+            records = self.source.stream(
+                'train', self.process_index, self.process_count,
+                shuffle_seed=int(np.random.default_rng([self.seed, epoch]).integers(2**31)))
+            records = records.shuffle(self.shuffle_buffer, seed=self.seed * 7919 + epoch,
+                                      reshuffle_each_iteration=False)
+            # Positions are counted before skipping, so a resumed epoch keeps them.
+            records = tf.data.Dataset.zip(
+                records, tf.data.Dataset.from_tensor_slices(
+                    self._positions(np.arange(steps * local)))).map(
+                lambda record, position: (*record, position)).skip(first_step * local)
+        epoch_offset = np.int64(epoch) * steps * self.global_batch
+
+        def augment(encoded, label, position):
+            seed = tf.stack([tf.constant(self.seed, tf.int64), epoch_offset + position])
+            return self.augmentation.train_view(encoded, seed), label
+
+        dataset = records.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return dataset.with_options(_options(self.threads))
+
+    def _positions(self, local_positions: np.ndarray) -> np.ndarray:
+        """Global position in the epoch of this process's local example positions."""
+        step, column = np.divmod(local_positions, self.local_batch)
+        return (step * self.global_batch + self.process_index * self.local_batch
+                + column).astype(np.int64)
+
+
+def eval_dataset(source, augmentation: HostAugmentation, mode: str, *, process_index: int,
+                 process_count: int, threads: int = 0) -> tf.data.Dataset:
+    """This process's share of the eval split: {'views': {name: [V,H,W,3]}, 'label', 'id'}.
+
+    The shares of all processes are disjoint and cover the split: every example once.
+    """
+    split = source.eval_split
+    if source.random_access:
+        indices = np.arange(process_index, source.num_examples(split), process_count)
+        records = source.read(split, tf.data.Dataset.from_tensor_slices(indices))
+    else:
+        records = source.stream(split, process_index, process_count, shuffle_seed=None)
+    records = records.enumerate()
+
+    def views(position, record):
+        encoded, label = record
+        return {'views': augmentation.eval_views(encoded, mode), 'label': label,
+                'id': position}
+
+    dataset = records.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
+
+
+def prefetch_to_device(batches: Iterator, put, size: int = 2) -> Iterator:
+    """Runs `put` (host -> device transfer) `size` batches ahead of the consumer."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append(put(batch))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def to_global(batch: Sequence[np.ndarray], sharding) -> tuple[jax.Array, ...]:
+    """Global arrays from this process's rows of a batch."""
+    return tuple(jax.make_array_from_process_local_data(sharding, part) for part in batch)

@@ -1,0 +1,120 @@
+"""Exact evaluation of streamed data sets: centre crop, 10-crop and multi-scale testing.
+
+Each process evaluates its own share of the split on its own devices (a forward pass
+needs no communication) and the sums are added over processes at the end, so every
+example counts once on any number of processes. An example may have several views
+(10 crops, or the whole image at several scales); its score is the mean of the views'
+softmax probabilities, as in the paper. Views of one shape are batched together; the
+last batch of each shape is padded, and the padding is never counted.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from resnet_jax import parallel
+from resnet_jax.data import augment as augment_lib
+
+
+class LocalPredictor:
+    """Softmax probabilities of uint8 views, on this process's devices only."""
+
+    def __init__(self, model: nn.Module, mean: jax.Array, std: jax.Array):
+        mesh = parallel.make_mesh(jax.local_devices())
+        self.batch_sharding = parallel.batch_sharded(mesh)
+        self.replicated = parallel.replicated(mesh)
+        self.num_devices = mesh.devices.size
+
+        def predict(variables, images):
+            batch = augment_lib.normalize(images, mean, std, model.dtype)
+            logits = model.apply(variables, batch, train=False)
+            return jax.nn.softmax(logits.astype(jnp.float32))
+
+        self._predict = jax.jit(predict)
+
+    def local_variables(self, state) -> dict:
+        """This process's replica of the (replicated, global) parameters and statistics."""
+        return jax.tree.map(
+            lambda x: jax.device_put(x.addressable_data(0), self.replicated),
+            {'params': state.params, 'batch_stats': state.batch_stats})
+
+    def __call__(self, variables, images: np.ndarray) -> jax.Array:
+        return self._predict(variables, jax.device_put(images, self.batch_sharding))
+
+
+def evaluate_views(predict: Callable[[np.ndarray], jax.Array], examples: Iterable[dict],
+                   batch_size: int) -> np.ndarray:
+    """Sums of (loss, top-1, top-5, count) over `examples`, this process's share.
+
+    Each example is {'views': {name: uint8 [V, H, W, 3]}, 'label': int, 'id': int}; its
+    probabilities are averaged over all its views. One batch is evaluated on the device
+    while the next is assembled, so the host waits only for results a batch behind.
+    """
+    buckets: dict[tuple, list] = collections.defaultdict(list)
+    pending: dict[int, list] = {}  # id -> [probability sum, views left, label]
+    in_flight: collections.deque = collections.deque()
+    totals = np.zeros(4)
+
+    def finish(example_id: int) -> None:
+        probability_sum, _, label = pending.pop(example_id)
+        probabilities = probability_sum / probability_sum.sum()
+        top5 = np.argpartition(-probabilities, min(5, len(probabilities)) - 1)[:5]
+        totals[:] += (-np.log(max(probabilities[label], 1e-30)),
+                      float(np.argmax(probabilities) == label), float(label in top5), 1.0)
+
+    def resolve() -> None:
+        ids, device_probabilities = in_flight.popleft()
+        probabilities = np.asarray(device_probabilities, np.float64)
+        for row, example_id in enumerate(ids):
+            entry = pending[example_id]
+            entry[0] += probabilities[row]
+            entry[1] -= 1
+            if entry[1] == 0:
+                finish(example_id)
+
+    def run(shape: tuple) -> None:
+        items = buckets.pop(shape)
+        views = np.zeros((batch_size, *shape), np.uint8)
+        for row, (_, view) in enumerate(items):
+            views[row] = view
+        in_flight.append(([example_id for example_id, _ in items], predict(views)))
+        if len(in_flight) > 1:
+            resolve()
+
+    for example in examples:
+        example_id, label = int(example['id']), int(example['label'])
+        all_views = [view for group in example['views'].values() for view in group]
+        pending[example_id] = [0.0, len(all_views), label]
+        for view in all_views:
+            bucket = buckets[view.shape]
+            bucket.append((example_id, view))
+            if len(bucket) == batch_size:
+                run(view.shape)
+    for shape in list(buckets):
+        run(shape)
+    while in_flight:
+        resolve()
+    assert not pending, f'{len(pending)} examples were not fully evaluated'
+    return totals
+
+
+def sum_over_processes(totals: np.ndarray) -> np.ndarray:
+    """Adds every process's sums (every process gets the result)."""
+    if jax.process_count() == 1:
+        return totals
+    return np.asarray(multihost_utils.process_allgather(totals)).sum(axis=0)
+
+
+def as_metrics(totals: np.ndarray, expected_count: int) -> dict[str, float]:
+    """loss / top-1 / top-5 from summed totals, after checking every example counted once."""
+    loss, top1, top5, count = totals
+    if int(round(count)) != expected_count:
+        raise AssertionError(f'evaluated {count:.0f} examples of {expected_count}')
+    return {'loss': loss / count, 'top1_accuracy': top1 / count, 'top5_accuracy': top5 / count}
