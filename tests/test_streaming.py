@@ -213,7 +213,7 @@ def test_bad_streaming_fields_are_config_errors(folder, field, value, match):
         configs.validate_config(config)
 
 
-def _final_state(workdir, step):
+def final_state(workdir, step):
     import jax
     import orbax.checkpoint as ocp
     return jax.tree.leaves(ocp.StandardCheckpointer().restore(
@@ -243,6 +243,6 @@ def test_streaming_training_resumes_exactly_and_evaluates_in_every_mode(folder, 
     shutil.rmtree(resumed / 'checkpoints' / '4')
     (resumed / 'final_eval.json').unlink()
     train.train_and_evaluate(config, str(resumed))
-    for a, b in zip(_final_state(straight, 4), _final_state(resumed, 4), strict=True):
+    for a, b in zip(final_state(straight, 4), final_state(resumed, 4), strict=True):
         np.testing.assert_array_equal(a, b)
     assert json.loads((resumed / 'final_eval.json').read_text()) == record
