@@ -91,3 +91,10 @@ def test_imagenet_and_smoke_experiments_validate_on_synthetic_data(name):
         if config.dataset == 'imagenet2012':
             config.dataset = 'synthetic'
     configs.validate_config(config)
+
+
+@pytest.mark.parametrize('name', IMAGENET_FILES)
+def test_imagenet_experiments_validate_as_streamed(name):
+    config = configs.load_config(f'{REPO}/experiments/{name}')
+    assert configs.pipeline(config) == 'streaming'
+    configs.validate_config(config)

@@ -1,5 +1,6 @@
 """The streaming pipeline: host crops, determinism, per-process shares, resume, evaluation."""
 
+import json
 import os
 import time
 
@@ -246,3 +247,17 @@ def test_streaming_training_resumes_exactly_and_evaluates_in_every_mode(folder, 
     for a, b in zip(final_state(straight, 4), final_state(resumed, 4), strict=True):
         np.testing.assert_array_equal(a, b)
     assert json.loads((resumed / 'final_eval.json').read_text()) == record
+
+
+def test_the_image_folder_experiment_trains_on_a_folder(folder, tmp_path):
+    from resnet_jax import train
+
+    config = configs.load_config('experiments/image_folder.py:cifar_resnet8')
+    config.unlock()
+    config.data_dir = str(folder)
+    config.image_size, config.streaming.eval_resize = 32, 36
+    config.batch_size, config.eval_batch_size, config.total_steps = 6, 4, 2
+    final = train.train_and_evaluate(config, str(tmp_path))
+    assert 0 <= final['top1_accuracy'] <= 1
+    assert set(json.loads((tmp_path / 'final_eval.json').read_text())['modes']) == {
+        'center_crop', 'ten_crop'}
