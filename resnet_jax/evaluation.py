@@ -49,13 +49,28 @@ class LocalPredictor:
         return self._predict(variables, jax.device_put(images, self.batch_sharding))
 
 
+def batch_size_for(shape: tuple, batch_size: int, pixels_per_batch: int | None,
+                   multiple: int) -> int:
+    """Views of `shape` per batch: about `pixels_per_batch` pixels, a multiple of `multiple`.
+
+    Large views (multi-scale testing at 640 pixels) then take no more device memory, nor
+    host memory while they wait in their bucket, than a batch of training-size views.
+    """
+    if pixels_per_batch is None:
+        return batch_size
+    fits = pixels_per_batch // (shape[0] * shape[1]) // multiple * multiple
+    return max(multiple, min(batch_size, fits))
+
+
 def evaluate_views(predict: Callable[[np.ndarray], jax.Array], examples: Iterable[dict],
-                   batch_size: int) -> np.ndarray:
+                   batch_size: int, *, pixels_per_batch: int | None = None,
+                   multiple: int = 1) -> np.ndarray:
     """Sums of (loss, top-1, top-5, count) over `examples`, this process's share.
 
     Each example is {'views': {name: uint8 [V, H, W, 3]}, 'label': int, 'id': int}; its
-    probabilities are averaged over all its views. One batch is evaluated on the device
-    while the next is assembled, so the host waits only for results a batch behind.
+    probabilities are averaged over all its views. Views batch by shape, `batch_size` at
+    most (fewer for large views, see `batch_size_for`). One batch is evaluated on the
+    device while the next is assembled, so the host waits only for results a batch behind.
     """
     buckets: dict[tuple, list] = collections.defaultdict(list)
     pending: dict[int, list] = {}  # id -> [probability sum, views left, label]
@@ -81,7 +96,8 @@ def evaluate_views(predict: Callable[[np.ndarray], jax.Array], examples: Iterabl
 
     def run(shape: tuple) -> None:
         items = buckets.pop(shape)
-        views = np.zeros((batch_size, *shape), np.uint8)
+        views = np.zeros((batch_size_for(shape, batch_size, pixels_per_batch, multiple),
+                          *shape), np.uint8)
         for row, (_, view) in enumerate(items):
             views[row] = view
         in_flight.append(([example_id for example_id, _ in items], predict(views)))
@@ -95,7 +111,8 @@ def evaluate_views(predict: Callable[[np.ndarray], jax.Array], examples: Iterabl
         for view in all_views:
             bucket = buckets[view.shape]
             bucket.append((example_id, view))
-            if len(bucket) == batch_size:
+            if len(bucket) == batch_size_for(view.shape, batch_size, pixels_per_batch,
+                                             multiple):
                 run(view.shape)
     for shape in list(buckets):
         run(shape)

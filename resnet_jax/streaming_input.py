@@ -75,7 +75,8 @@ class StreamingInput:
         local_batch = self.config.eval_batch_size // jax.process_count()
         totals = evaluation.evaluate_views(
             lambda views: self.predictor(variables, views), examples.as_numpy_iterator(),
-            local_batch)
+            local_batch, pixels_per_batch=local_batch * self.image_size**2,
+            multiple=self.predictor.num_devices)
         results = evaluation.as_metrics(evaluation.sum_over_processes(totals),
                                         self.source.num_examples(self.eval_split))
         logging.info('Evaluated %s (%s) in %.1f s.', self.eval_split, mode,

@@ -261,3 +261,10 @@ def test_the_image_folder_experiment_trains_on_a_folder(folder, tmp_path):
     assert 0 <= final['top1_accuracy'] <= 1
     assert set(json.loads((tmp_path / 'final_eval.json').read_text())['modes']) == {
         'center_crop', 'ten_crop'}
+
+
+def test_large_views_batch_fewer_at_a_time():
+    assert evaluation.batch_size_for((224, 224, 3), 250, 250 * 224**2, 2) == 250
+    assert evaluation.batch_size_for((640, 853, 3), 250, 250 * 224**2, 2) == 22
+    assert evaluation.batch_size_for((4000, 4000, 3), 250, 250 * 224**2, 2) == 2
+    assert evaluation.batch_size_for((640, 853, 3), 250, None, 2) == 250
