@@ -175,7 +175,7 @@ def _as_in_memory(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     return twin
 
 
-def _dataset_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+def dataset_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(num_classes, image_size) from the config, or from the data set it names."""
     known_classes, known_size = configs.DATASET_SHAPES.get(config.dataset, (None, None))
     num_classes = config.num_classes or known_classes
@@ -212,7 +212,7 @@ def build_steps(
     log: Callable[[str], None] = lambda _: None,
 ) -> CompiledSteps:
     """Builds and compiles the steps of `config` exactly as `train.train_and_evaluate` does."""
-    num_classes, image_size = _dataset_shape(config)
+    num_classes, image_size = dataset_shape(config)
     batch_size = config.batch_size
     eval_batch_size = eval_batch_size or batch_size
     mesh = parallel.make_mesh()
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _as_synthetic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy that validates as a synthetic run (ImageNet configs name imagenet2012)."""
     copy = ml_collections.ConfigDict(config.to_dict())
-    num_classes, image_size = _dataset_shape(config)
+    num_classes, image_size = dataset_shape(config)
     copy.dataset = 'synthetic'
     copy.num_classes, copy.image_size = num_classes, image_size
     return copy
