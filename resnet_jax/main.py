@@ -32,6 +32,11 @@ flags.DEFINE_string('coordinator_address', None,
 flags.DEFINE_integer('num_processes', None,
                      'Processes in the job; 1 forces a single process. Default: detected.')
 flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
+flags.DEFINE_integer(
+    'cpu_devices', 0,
+    'Split each CPU into this many JAX devices (0: one). On a CPU-only machine 2 devices '
+    'train faster than 1 (README, "Performance"); each normalises its own half of the '
+    'batch, as two GPUs would, unless --config.sync_batch_norm=True.')
 flags.DEFINE_string(
     'compilation_cache_dir', os.path.join('~', '.cache', 'resnet_jax', 'jax_compilation'),
     "JAX's persistent compilation cache, so that a second start of the same experiment "
@@ -44,6 +49,10 @@ def main(argv):
     # Orbax logs every step of every save at INFO; keep its warnings and errors only.
     logging.get_absl_handler().addFilter(
         lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+    if FLAGS.cpu_devices < 0:
+        raise app.UsageError('--cpu_devices must be >= 0')
+    if FLAGS.cpu_devices:
+        jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
     try:
         # Before any other JAX call: the backends start with the first device query.
         multi_process = distributed.initialize(distributed.ProcessFlags(

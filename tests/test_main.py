@@ -98,3 +98,12 @@ def test_imagenet_experiments_validate_as_streamed(name):
     config = configs.load_config(f'{REPO}/experiments/{name}')
     assert configs.pipeline(config) == 'streaming'
     configs.validate_config(config)
+
+
+def test_cpu_devices_splits_the_cpu(tmp_path):
+    result = run_main(
+        '--config', 'experiments/smoke.py', '--workdir', str(tmp_path), '--cpu_devices=3',
+        '--config.total_steps=2', '--config.model.name=cifar_resnet8',
+        '--config.batch_size=6', '--config.eval_batch_size=6', '--config.eval_every_steps=0')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '3 devices' in result.stderr
