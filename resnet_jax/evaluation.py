@@ -126,7 +126,11 @@ def sum_over_processes(totals: np.ndarray) -> np.ndarray:
     """Adds every process's sums (every process gets the result)."""
     if jax.process_count() == 1:
         return totals
-    return np.asarray(multihost_utils.process_allgather(totals)).sum(axis=0)
+    # The gather goes through JAX, which (64-bit types off) hands the float64 sums back as
+    # float32: numpy float32 results that json cannot write (final_eval.json failed on 2
+    # processes). Add them in float64; the counts stay exact (float32 holds integers
+    # up to 2**24) and the loss sums lose only float32 rounding.
+    return np.asarray(multihost_utils.process_allgather(totals), np.float64).sum(axis=0)
 
 
 def as_metrics(totals: np.ndarray, expected_count: int) -> dict[str, float]:

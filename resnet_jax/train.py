@@ -119,6 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointer.close()
         raise
     start_step = int(state.step)
+    if jax.process_count() > 1:
+        # Tells JAX's preemption service where the job stands, so that a SIGTERM that
+        # arrives before the first step (while compiling) stops it at the next step
+        # instead of at a step already past, which would never be reached.
+        checkpointer.reached_preemption(start_step)
     save_config(config, workdir_path)
     writer = metrics.MetricWriter(workdir_path, start_step)
 
