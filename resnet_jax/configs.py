@@ -137,7 +137,9 @@ def streaming_config() -> ml_collections.ConfigDict:
     stream.multi_scale_aspect_ratios = (1.0, 1.25, 4 / 3, 1.5, 16 / 9, 2.0)
     # tfds sources only: examples in the shuffle buffer (an image folder is permuted whole).
     stream.shuffle_buffer = 16384
-    stream.threads = 0  # tf.data worker threads per process; 0: one per CPU core.
+    # Threads of tf.data and of TensorFlow's ops per process (0: one per CPU core); lower
+    # it to leave cores to other work on the host.
+    stream.threads = 0
     return stream
 
 

@@ -24,6 +24,7 @@ class StreamingInput:
         self.config = config
         self.mesh = mesh
         start = time.perf_counter()
+        streaming.limit_threads(config.streaming.threads)
         self.source = sources.open_source(config.dataset, config.data_dir)
         self.num_classes = self.source.num_classes
         self.image_size = config.image_size

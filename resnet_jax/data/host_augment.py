@@ -52,8 +52,13 @@ def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor, tf.Tensor]
 
 def resize_to(image: tf.Tensor, height, width) -> tf.Tensor:
     """Resizes (bilinear, antialiased when shrinking) and returns uint8."""
-    resized = tf.image.resize(image, tf.stack([height, width]), method='bilinear',
-                              antialias=True)
+    size = tf.stack([height, width])
+    # Antialiasing changes nothing when enlarging but runs a kernel several times slower
+    # (half the scale-augmentation crops and most multi-scale views enlarge).
+    resized = tf.cond(
+        tf.reduce_any(size < tf.shape(image)[:2]),
+        lambda: tf.image.resize(image, size, method='bilinear', antialias=True),
+        lambda: tf.image.resize(image, size, method='bilinear'))
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
@@ -154,7 +159,8 @@ def ten_crop(encoded: tf.Tensor, crop_size: int, resize_size: int) -> tf.Tensor:
     offsets = [(0, 0), (0, width - c), (height - c, 0), (height - c, width - c),
                ((height - c) // 2, (width - c) // 2)]
     crops = tf.stack([image[y:y + c, x:x + c] for y, x in offsets])
-    return tf.concat([crops, crops[:, :, ::-1]], axis=0)
+    # tf.reverse, not a ::-1 slice: the same result about ten times faster.
+    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
 
 
 def multi_scale_views(encoded: tf.Tensor, sizes: Sequence[int],

@@ -78,6 +78,21 @@ class HostAugmentation:
         raise ValueError(f'unknown evaluation mode {mode!r}; choose one of {EVAL_MODES}')
 
 
+def limit_threads(threads: int) -> None:
+    """Caps TensorFlow's own op thread pool too (some image ops shard work over it).
+
+    Only possible before TensorFlow runs its first op; later it is left as it is.
+    """
+    if not threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        logger.warning('TensorFlow already started: streaming.threads=%d limits tf.data '
+                       'only.', threads)
+
+
 def _options(threads: int) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
