@@ -138,4 +138,5 @@ def as_metrics(totals: np.ndarray, expected_count: int) -> dict[str, float]:
     loss, top1, top5, count = totals
     if int(round(count)) != expected_count:
         raise AssertionError(f'evaluated {count:.0f} examples of {expected_count}')
-    return {'loss': loss / count, 'top1_accuracy': top1 / count, 'top5_accuracy': top5 / count}
+    return {'loss': float(loss / count), 'top1_accuracy': float(top1 / count),
+            'top5_accuracy': float(top5 / count)}
