@@ -35,16 +35,16 @@ COMMAND = [
 ]
 
 
-def run_to_end(workdir):
-    result = subprocess.run([*COMMAND, f'--workdir={workdir}'], cwd=REPO, capture_output=True,
+def run_to_end(workdir, command=COMMAND):
+    result = subprocess.run([*command, f'--workdir={workdir}'], cwd=REPO, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
-def start_and_signal(workdir, at_step: int, signum: int):
+def start_and_signal(workdir, at_step: int, signum: int, command=COMMAND):
     """Starts the job and sends `signum` once it has logged `at_step`; returns the result."""
-    process = subprocess.Popen([*COMMAND, f'--workdir={workdir}'], cwd=REPO,
+    process = subprocess.Popen([*command, f'--workdir={workdir}'], cwd=REPO,
                                stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:
@@ -92,6 +92,41 @@ def test_sigkill_then_rerun_equals_a_run_never_stopped(tmp_path, uninterrupted):
     assert logged_train_steps(tmp_path) == list(range(1, TOTAL + 1))
     assert json.loads((tmp_path / 'final_eval.json').read_text()) == json.loads(
         (uninterrupted / 'final_eval.json').read_text())
+
+
+def streaming_command(data_dir) -> list[str]:
+    """The main job streaming an image folder (3 steps per epoch), saves every 4 steps."""
+    return [
+        sys.executable, '-m', 'resnet_jax.main', '--config', 'experiments/smoke.py',
+        '--config.pipeline=streaming', '--config.dataset=image_folder',
+        f'--config.data_dir={data_dir}', '--config.num_classes=3', '--config.image_size=32',
+        '--config.model.name=cifar_resnet8', '--config.streaming.scale_range=(36,48)',
+        '--config.streaming.eval_resize=36', '--config.streaming.lighting_std=0.1',
+        '--config.batch_size=6', '--config.eval_batch_size=4', f'--config.total_steps={TOTAL}',
+        '--config.log_every_steps=1', '--config.checkpoint_every_steps=4',
+        '--config.eval_every_steps=6',
+    ]
+
+
+def test_sigkill_then_rerun_equals_a_run_never_stopped_when_streaming(tmp_path):
+    pytest.importorskip('tensorflow')
+    from test_streaming import write_folder
+
+    command = streaming_command(write_folder(tmp_path / 'folder'))
+    uninterrupted_run = tmp_path / 'uninterrupted'
+    run_to_end(uninterrupted_run, command)
+    killed_run = tmp_path / 'killed'
+    killed = start_and_signal(killed_run, at_step=7, signum=signal.SIGKILL, command=command)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = run_to_end(killed_run, command)
+    # Resumed mid-epoch: from step 4 (epoch 1) or 8 (epoch 2), the loop running ahead.
+    assert re.search(r'Resumed from the checkpoint of step [48]\.', resumed.stderr), \
+        resumed.stderr[-3000:]
+    assert 'Resumed the input of epoch' in resumed.stderr
+    assert_same_final_state(killed_run, uninterrupted_run)
+    assert logged_train_steps(killed_run) == list(range(1, TOTAL + 1))
+    assert json.loads((killed_run / 'final_eval.json').read_text()) == json.loads(
+        (uninterrupted_run / 'final_eval.json').read_text())
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted):
