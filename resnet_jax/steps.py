@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +36,21 @@ DATA = parallel.DATA_AXIS
 # of the CIFAR ResNet-20 step and of the ResNet-50 step. An optimization barrier on each
 # convolution's input, and on the gradient of its output, keeps those one buffer that the
 # transpose only copies; the compiler option keeps XLA:CPU from deleting the barriers before
-# fusion (its `cse_barrier_expander` pass). Other backends get neither.
-CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+# fusion (its `cse_barrier_expander` pass).
+#
+# XLA:CPU also hands every convolution with more than 16 input or output features (so every
+# weight gradient too) to its YNNPACK library by default. In these training steps XLA's own
+# (Eigen) convolutions are faster: side by side on a 2-core CPU, the CIFAR ResNet-20 step
+# took 472 instead of 576 ms, ResNet-56 1.41 instead of 1.87 s (on 2 simulated devices about
+# 5% less; ResNet-50 at batch 32: no difference beyond the noise). Reductions and matrix
+# products (the 1x1 convolutions, the head) stay with YNNPACK. XLA_FLAGS that set
+# `xla_cpu_experimental_ynn_fusion_type` override this (benchmarks/cpu_vs_torch.py --variant).
+# Other backends get none of these options.
+CPU_COMPILER_OPTIONS = {
+    'xla_disable_hlo_passes': 'cse_barrier_expander',
+    'xla_cpu_experimental_ynn_fusion_type':
+        'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
+}
 
 
 @jax.custom_vjp
@@ -67,8 +82,24 @@ def _on_cpu(mesh: Mesh) -> bool:
     return mesh.devices.flat[0].platform == 'cpu'
 
 
+@functools.cache
+def _cpu_compiler_options() -> dict[str, Any]:
+    """CPU_COMPILER_OPTIONS, less the YNNPACK choice where XLA_FLAGS makes its own (as the
+    benchmarks' variants do) or where this jaxlib does not know the option."""
+    ynn = 'xla_cpu_experimental_ynn_fusion_type'
+    without_ynn = {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k != ynn}
+    if f'--{ynn}=' in os.environ.get('XLA_FLAGS', ''):
+        return without_ynn
+    probe = jax.device_put(jnp.zeros((), jnp.float32), jax.devices('cpu')[0])
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(probe).compile()
+    except Exception:  # noqa: BLE001 -- another jaxlib's option names: its default choice
+        return without_ynn
+    return CPU_COMPILER_OPTIONS
+
+
 def _jit_options(mesh: Mesh) -> dict[str, Any]:
-    return {'compiler_options': CPU_COMPILER_OPTIONS} if _on_cpu(mesh) else {}
+    return {'compiler_options': _cpu_compiler_options()} if _on_cpu(mesh) else {}
 
 
 def _make_sharded_update(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,

@@ -1,6 +1,8 @@
 """The CPU speed-ups change no result: 1x1 convolutions as matrix products, and the
 optimization barriers around convolutions in the CPU train step (resnet_jax.steps)."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,3 +66,35 @@ def test_cpu_train_step_keeps_its_barriers_and_its_results(tmp_path, monkeypatch
         got, want = jax.device_get(fast.train(step)), jax.device_get(plain.train(step))
         for key in ('loss', 'accuracy'):
             np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def _ynn_fused_opcodes(hlo_text: str) -> set[str]:
+    """The opcodes inside the YNNPACK fusions of an optimized HLO module."""
+    bodies, name = {}, None
+    for line in hlo_text.splitlines():
+        header = re.match(r'^(?:ENTRY )?%?(\S+) .*\{$', line)
+        if header and not line.startswith(' '):
+            name = header.group(1)
+            bodies[name] = set()
+        elif name and (op := re.search(r' = \S+ ([\w-]+)\(', line)):
+            bodies[name].add(op.group(1))
+    ynn = r'calls=%?([\w.-]+), backend_config=\{"fusion_config":\{"kind":"__ynn_fusion"'
+    called = re.findall(ynn, hlo_text)
+    return set().union(*(bodies[c] for c in called))
+
+
+def test_cpu_train_step_keeps_convolutions_out_of_ynnpack(tmp_path, monkeypatch):
+    path = tmp_path / 'tiny_projection.py'
+    path.write_text(TINY_PROJECTION)
+    config = benchmark.load_config(str(path))
+
+    hlo = benchmark.build_steps(config).train_compiled.as_text()
+    assert 'convolution' in hlo  # the 3x3 convolutions, 32 and 64 channels too ...
+    assert 'convolution' not in _ynn_fused_opcodes(hlo)  # ... with XLA's own kernels
+
+    # Without the option, XLA:CPU would give some of them to YNNPACK.
+    default = {k: v for k, v in steps.CPU_COMPILER_OPTIONS.items()
+               if k != 'xla_cpu_experimental_ynn_fusion_type'}
+    monkeypatch.setattr(steps, '_cpu_compiler_options', lambda: default)
+    hlo = benchmark.build_steps(config).train_compiled.as_text()
+    assert 'convolution' in _ynn_fused_opcodes(hlo)
