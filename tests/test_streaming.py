@@ -65,17 +65,22 @@ def test_train_batches_have_the_crop_size_and_labels(folder, kind):
     np.testing.assert_allclose(images[..., 0].mean(axis=(1, 2)), 40 + 80 * labels, atol=6)
 
 
-def test_train_order_is_deterministic_and_resumes_at_any_step(folder):
-    straight = take(train_stream(folder).batches(0), 7)  # crosses two epoch boundaries
-    again = take(train_stream(folder).batches(0), 7)
-    resumed = take(train_stream(folder).batches(4), 3)
+def assert_deterministic_and_resumable(make_stream):
+    """7 steps (3 per epoch) twice, and resumed at step 4 (mid-epoch): the same batches."""
+    straight = take(make_stream().batches(0), 7)  # crosses two epoch boundaries
+    again = take(make_stream().batches(0), 7)
+    resumed = take(make_stream().batches(4), 3)
     for a, b in zip(straight, again, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
     for a, b in zip(straight[4:], resumed, strict=True):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
-    # A new permutation and new crops each epoch.
+    # A new order and new crops each epoch.
     assert not np.array_equal(straight[0][0], straight[3][0])
+
+
+def test_train_order_is_deterministic_and_resumes_at_any_step(folder):
+    assert_deterministic_and_resumable(lambda: train_stream(folder))
 
 
 def test_two_processes_read_disjoint_halves_of_the_same_global_batches(folder):
