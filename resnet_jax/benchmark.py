@@ -250,8 +250,7 @@ def build_steps(
         train_step = steps.make_batch_train_step(
             model, tx, schedule, mesh, mean=jnp.asarray(stream.mean_rgb, jnp.float32),
             std=jnp.asarray(stream.std_rgb, jnp.float32),
-            lighting=steps.Lighting(stream.lighting_std, tuple(stream.lighting_eigenvalues),
-                                    tuple(map(tuple, stream.lighting_eigenvectors))),
+            lighting=steps.Lighting.from_config(stream),
             augment_key=augment_key, skip_nonfinite=config.skip_nonfinite_steps)
         sharded = parallel.batch_sharded(mesh)
         batches = [(jax.device_put(images_np[i * batch_size:(i + 1) * batch_size], sharded),

@@ -8,6 +8,7 @@ order is a function of (seed, step), so nothing about the input needs to be save
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -155,7 +156,7 @@ class InMemoryInput:
 
     def batches(self, start_step: int):
         images, labels = self.device_data['train_images'], self.device_data['train_labels']
-        for step in range(start_step, 2**62):
+        for step in itertools.count(start_step):
             yield images, labels, parallel.global_array(self.order.indices(step),
                                                         self.replicated)
 
@@ -164,6 +165,3 @@ class InMemoryInput:
         return evaluate(self.eval_step, state, self.device_data['eval_images'],
                         self.device_data['eval_labels'], self.config.eval_batch_size,
                         self.mesh)
-
-    def close(self) -> None:
-        pass

@@ -195,6 +195,12 @@ class Lighting:
     eigenvalues: tuple[float, ...]
     eigenvectors: tuple[tuple[float, ...], ...]
 
+    @classmethod
+    def from_config(cls, stream) -> Lighting:
+        """From the `config.streaming` section."""
+        return cls(stream.lighting_std, tuple(stream.lighting_eigenvalues),
+                   tuple(map(tuple, stream.lighting_eigenvectors)))
+
 
 def make_batch_train_step(
     model: nn.Module,

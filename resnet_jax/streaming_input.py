@@ -51,9 +51,7 @@ class StreamingInput:
 
     def make_train_step(self, model, tx, schedule, augment_key):
         """The jitted step; its arguments after the state are what `batches` yields."""
-        stream = self.config.streaming
-        lighting = steps.Lighting(stream.lighting_std, tuple(stream.lighting_eigenvalues),
-                                  tuple(map(tuple, stream.lighting_eigenvectors)))
+        lighting = steps.Lighting.from_config(self.config.streaming)
         self.predictor = evaluation.LocalPredictor(model, self.mean, self.std)
         return steps.make_batch_train_step(
             model, tx, schedule, self.mesh, mean=self.mean, std=self.std, lighting=lighting,
@@ -83,9 +81,6 @@ class StreamingInput:
         logging.info('Evaluated %s (%s) in %.1f s.', self.eval_split, mode,
                      time.perf_counter() - start)
         return results
-
-    def close(self) -> None:
-        pass
 
 
 def _check_source_fits(config: ml_collections.ConfigDict, source) -> None:

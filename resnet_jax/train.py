@@ -157,7 +157,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         checkpointer.close()
         writer.close()
-        inputs.close()
     first = final[inputs.eval_modes[0]]
     if jax.process_index() == 0:
         (workdir_path / 'final_eval.json').write_text(json.dumps(

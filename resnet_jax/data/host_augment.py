@@ -20,14 +20,6 @@ import tensorflow as tf
 Window = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
 
 
-def image_size_of(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(height, width) of an encoded image; for JPEGs from the header alone."""
-    shape = tf.cond(tf.io.is_jpeg(encoded),
-                    lambda: tf.image.extract_jpeg_shape(encoded)[:2],
-                    lambda: tf.shape(_decode_whole(encoded))[:2])
-    return shape[0], shape[1]
-
-
 def _decode_whole(encoded: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(encoded, channels=3, expand_animations=False)
 
