@@ -12,8 +12,13 @@ noisy). It prints the median seconds per step of each and the ratio to PyTorch e
 
 Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
 the XLA_FLAGS of the environment), `jax-2dev` (the same on 2 simulated CPU devices, data
-parallel over the cores), `torch`, `torch-compile`, and any `jax+NAME` defined with
-`--variant NAME='--xla_flag=value ...'` (extra XLA_FLAGS; for trying XLA options).
+parallel over the cores), `jax-xlaconv` and `jax-2dev-xlaconv` (the same with
+`conv_kernels='xla'`: XLA's convolutions instead of resnet_jax.kernels'), `torch`,
+`torch-compile`, and any `jax+NAME` defined with `--variant NAME='--xla_flag=value ...'`
+(extra XLA_FLAGS; for trying XLA options). A `/thp` suffix (e.g. `jax/thp`, `torch/thp`)
+starts that contender with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: malloc backs its large
+blocks with transparent huge pages, so that buffers allocated afresh at every step fault
+in 2 MiB instead of 4 KiB pages.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ DEFAULT_CASES = ('experiments/cifar10.py:resnet20@128', 'experiments/cifar10.py:
 # ----------------------------------------------------------------------------- workers
 
 
-def _jax_worker(config_spec: str, batch_size: int, dtype: str):
+def _jax_worker(config_spec: str, batch_size: int, dtype: str, conv_kernels: str):
     from resnet_jax import benchmark
 
     config = benchmark.load_config(config_spec, batch_size, dtype)
+    config.conv_kernels = conv_kernels
     steps = benchmark.build_steps(config)
     return steps.train, steps.train_compile_s
 
@@ -69,6 +75,7 @@ def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
 def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
            warmup: int, cpus: set[int] | None = None) -> None:
     """Builds one contender, then times a window per 'run' line read from stdin."""
+    kind = kind.partition('/')[0]  # options took effect in the environment
     if cpus:
         # Before torch or jax start: both size their thread pools from the affinity mask.
         os.sched_setaffinity(0, cpus)
@@ -78,7 +85,8 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
     else:
         import jax
 
-        run, compile_s = _jax_worker(config_spec, batch_size, dtype)
+        conv_kernels = 'xla' if kind.endswith('-xlaconv') else 'auto'
+        run, compile_s = _jax_worker(config_spec, batch_size, dtype, conv_kernels)
         block = jax.block_until_ready
     step = 0
     for _ in range(warmup):
@@ -100,10 +108,17 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
 # ----------------------------------------------------------------------------- parent
 
 
+HUGE_PAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
+
+
 def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
+    kind, _, options = kind.partition('/')
+    if options == 'thp':
+        env['GLIBC_TUNABLES'] = ':'.join(filter(None, [env.get('GLIBC_TUNABLES'),
+                                                       HUGE_PAGE_TUNABLE]))
     flags = env.get('XLA_FLAGS', '')
-    if kind == 'jax-2dev':
+    if kind.startswith('jax-2dev'):
         flags += ' --xla_force_host_platform_device_count=2'
     elif kind.startswith('jax+'):
         flags += ' ' + variants[kind[4:]]
@@ -162,7 +177,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--case', action='append', help='CONFIG[:ARG]@BATCH (repeatable)')
     parser.add_argument('--contenders', default='jax,torch',
-                        help='comma-separated: jax, jax-2dev, jax+NAME, torch, torch-compile')
+                        help='comma-separated: jax, jax-2dev, jax-xlaconv, jax-2dev-xlaconv, '
+                             'jax+NAME, torch, torch-compile; a /thp suffix: malloc on huge '
+                             'pages')
     parser.add_argument('--variant', action='append', default=[], metavar="NAME='FLAGS'",
                         help='extra XLA_FLAGS for the contender jax+NAME')
     parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))

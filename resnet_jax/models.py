@@ -55,12 +55,14 @@ class PointwiseConv(nn.Conv):
                                    precision=self.precision)
 
 
-def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
+          conv_general_dilated: Callable = jax.lax.conv_general_dilated) -> nn.Conv:
     """A kxk convolution without bias (BN follows) and torchvision's symmetric padding k//2.
 
     With that padding a stride-s layer maps a side H to ceil(H/s), as the subsampling of
     shortcut A does, so both paths of a block always agree in shape. 1x1 convolutions are
-    `PointwiseConv`s: the same layer, computed as a matrix product.
+    `PointwiseConv`s: the same layer, computed as a matrix product; the others are computed
+    by `conv_general_dilated` (lax's, or `kernels.conv`'s on the CPU).
     """
     pad = kernel // 2
     conv_cls = PointwiseConv if kernel == 1 else nn.Conv
@@ -73,6 +75,7 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=he_normal,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
@@ -104,8 +107,12 @@ class _Block(nn.Module):
     zero_init_residual: bool
     dtype: Any
     norm: Callable
+    conv_general_dilated: Callable
 
     expansion: ClassVar[int]
+
+    def _conv3x3(self, strides: int, name: str) -> nn.Conv:
+        return _conv(self.width, 3, strides, self.dtype, name, self.conv_general_dilated)
 
     def _last_bn(self, name: str) -> nn.Module:
         """The last BN of the branch; zero scale makes the block start as its shortcut."""
@@ -128,9 +135,9 @@ class BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = _conv(self.width, 3, self.strides, self.dtype, 'conv1')(x)
+        y = self._conv3x3(self.strides, 'conv1')(x)
         y = nn.relu(self.norm(name='bn1')(y))
-        y = _conv(self.width, 3, 1, self.dtype, 'conv2')(y)
+        y = self._conv3x3(1, 'conv2')(y)
         y = self._last_bn('bn2')(y)
         return self._merge(x, y)
 
@@ -145,7 +152,7 @@ class BottleneckBlock(_Block):
         s1, s2 = (self.strides, 1) if self.variant == 'v1' else (1, self.strides)
         y = _conv(self.width, 1, s1, self.dtype, 'conv1')(x)
         y = nn.relu(self.norm(name='bn1')(y))
-        y = _conv(self.width, 3, s2, self.dtype, 'conv2')(y)
+        y = self._conv3x3(s2, 'conv2')(y)
         y = nn.relu(self.norm(name='bn2')(y))
         y = _conv(self.width * self.expansion, 1, 1, self.dtype, 'conv3')(y)
         y = self._last_bn('bn3')(y)
@@ -179,6 +186,8 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    # What computes the kxk convolutions: lax's, or kernels.conv's on the CPU (same math).
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
     def _check(self) -> None:
         _check_choice('block', self.block, BLOCKS)
@@ -206,7 +215,8 @@ class ResNet(nn.Module):
         )
         kernel, stride, max_pool = _STEMS[self.stem]
         x = jnp.asarray(x, self.dtype)
-        x = _conv(self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv')(x)
+        x = _conv(self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv',
+                  self.conv_general_dilated)(x)
         x = nn.relu(norm(name='stem_bn')(x))
         if max_pool:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -224,6 +234,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     norm=norm,
+                    conv_general_dilated=self.conv_general_dilated,
                     name=f'stage{i}_block{j}',
                 )(x)
             stages[f'stage{i}'] = x
@@ -294,6 +305,7 @@ def create_model(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     bn_axis_name: str | None = None,
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated,
 ) -> ResNet:
     """The ResNet called `name` (one of MODEL_NAMES).
 
@@ -324,6 +336,7 @@ def create_model(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         bn_axis_name=bn_axis_name,
+        conv_general_dilated=conv_general_dilated,
     )
     model._check()  # fail here, not at the first trace
     return model

@@ -1,0 +1,1 @@
+"""CPU kernels that XLA:CPU lacks, compiled for the host on first use (see native.py)."""

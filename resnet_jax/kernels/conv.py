@@ -1,0 +1,134 @@
+"""`lax.conv_general_dilated` with the direct CPU kernels of conv2d.cc where they apply.
+
+`conv_general_dilated` has lax's signature, so it is what `nn.Conv(conv_general_dilated=...)`
+calls. Convolutions the kernels cover (float32, NHWC/HWIO, an odd square kernel with
+padding K//2 on every side, any stride, a multiple of 16 output channels: every kxk
+convolution of the ResNets here) run forward and weight gradient in the kernels, and the
+input gradient too at stride 1 with a multiple of 16 input channels; the other input
+gradients (strided layers, the stem's, which nothing uses) stay with XLA. Every other
+convolution goes to lax unchanged.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from resnet_jax.kernels import native
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _call(target: str, shape: Sequence[int], x: jax.Array, y: jax.Array,
+          stride: int) -> jax.Array:
+    native.load()
+    # Inside shard_map the result lives on the same mesh, varying over the same axes.
+    operand = jax.typeof(x)
+    out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32, sharding=operand.sharding,
+                               manual_axis_type=operand.manual_axis_type)
+    return jax.ffi.ffi_call(target, out)(x, y, stride=np.int64(stride))
+
+
+def _output_side(side: int, size: int, stride: int) -> int:
+    return (side + 2 * (size // 2) - size) // stride + 1
+
+
+def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    size, features = kernel.shape[0], kernel.shape[3]
+    shape = (x.shape[0], _output_side(x.shape[1], size, stride),
+             _output_side(x.shape[2], size, stride), features)
+    return _call('resnet_conv2d_forward', shape, x, kernel, stride)
+
+
+def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    pad = kernel.shape[0] // 2
+    return lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad)] * 2,
+                                    dimension_numbers=_NHWC)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """The convolution of NHWC `x` with HWIO `kernel` (odd size K, padding K//2), in the
+    CPU kernels."""
+    return _forward(x, kernel, stride)
+
+
+def _conv2d_fwd(x, kernel, stride):
+    return _forward(x, kernel, stride), (x, kernel)
+
+
+def _conv2d_bwd(stride, residuals, dy):
+    x, kernel = residuals
+    kernel_grad = _call('resnet_conv2d_weight_grad', kernel.shape, x, dy, stride)
+    if stride == 1 and x.shape[3] % 16 == 0:
+        # The same convolution of dy, with the kernel turned by 180 degrees and its input
+        # and output channels swapped.
+        input_grad = _forward(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), 1)
+    else:
+        _, lax_vjp = jax.vjp(lambda x: _lax_conv(x, kernel, stride), x)
+        (input_grad,) = lax_vjp(dy)
+    return input_grad, kernel_grad
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def covers(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+           lhs_dilation: Sequence[int] | None = None,
+           rhs_dilation: Sequence[int] | None = None,
+           dimension_numbers: Any = None, feature_group_count: int = 1,
+           batch_group_count: int = 1, preferred_element_type: Any = None) -> bool:
+    """Whether the kernels compute this convolution (arguments as lax's)."""
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return False
+    size, size_w, channels, features = rhs.shape
+    pad = size // 2
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+            and preferred_element_type in (None, jnp.float32)
+            and numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+            and size == size_w and size % 2 == 1
+            and not isinstance(padding, str)
+            and [tuple(p) for p in padding] == [(pad, pad)] * 2
+            and len(set(window_strides)) == 1 and window_strides[0] >= 1
+            and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
+            and feature_group_count == 1 and batch_group_count == 1
+            and lhs.shape[3] == channels and features % 16 == 0)
+
+
+def _all_ones(values: Sequence[int] | None) -> bool:
+    return values is None or all(v == 1 for v in values)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+    """`lax.conv_general_dilated`, computed by the CPU kernels where they apply."""
+    if covers(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+              dimension_numbers, feature_group_count, batch_group_count,
+              preferred_element_type):
+        return conv2d(lhs, rhs, int(window_strides[0]))
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type)
+
+
+def conv_for(choice: str, platform: str) -> Callable:
+    """The convolution a model on `platform` uses for `config.conv_kernels` = `choice`.
+
+    'auto': this module's on the CPU (lax's, with a warning, where the kernels cannot be
+    built there); lax's on other platforms. 'xla': always lax's.
+    """
+    if choice == 'xla' or platform != 'cpu':
+        return lax.conv_general_dilated
+    try:
+        native.load()
+    except native.KernelBuildError as e:
+        logging.warning('CPU convolution kernels unavailable, using XLA\'s (slower): %s', e)
+        return lax.conv_general_dilated
+    return conv_general_dilated

@@ -1,0 +1,122 @@
+"""Builds the C++ kernels of this package for the host CPU and registers them with XLA.
+
+The source ships with the package and is compiled on first use with the system's C++
+compiler (`$CXX`, else `c++`) for this CPU (`-march=native`), against the XLA FFI headers
+of the installed jaxlib. The library is cached under `$RESNET_JAX_KERNEL_CACHE` (default
+`~/.cache/resnet_jax/kernels`), keyed by the source, compiler, flags, jaxlib and CPU, so a
+later start, or another process, loads it in milliseconds. Nothing is built on GPU or TPU
+hosts unless asked for.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+
+SOURCE = Path(__file__).with_name('conv2d.cc')
+TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad')
+FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
+
+
+class KernelBuildError(RuntimeError):
+    """The CPU kernels could not be compiled or loaded."""
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'resnet_jax'
+    return Path(os.environ.get('RESNET_JAX_KERNEL_CACHE', default / 'kernels'))
+
+
+def _compiler() -> str:
+    return os.environ.get('CXX', 'c++')
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its instruction-set flags."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    first = text.split('\n\n', 1)[0]
+    keep = ('model name', 'flags', 'Features', 'CPU part')
+    return '\n'.join(line for line in first.splitlines() if line.split(':')[0].strip() in keep)
+
+
+def _compiler_version(compiler: str) -> str:
+    try:
+        result = subprocess.run([compiler, '--version'], capture_output=True, text=True,
+                                timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise KernelBuildError(
+            f'no working C++ compiler {compiler!r} ({e}); install one (e.g. g++) or set '
+            '$CXX, or use --config.conv_kernels=xla') from e
+    return result.stdout
+
+
+def library_path() -> Path:
+    """Where the library for this source, compiler, jaxlib and CPU is (or will be) cached."""
+    compiler = _compiler()
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(),
+                 ' '.join(FLAGS).encode(), jaxlib.__version__.encode(),
+                 _cpu_identity().encode()):
+        key.update(part)
+        key.update(b'\0')
+    return cache_dir() / f'{SOURCE.stem}-{key.hexdigest()[:16]}.so'
+
+
+def build() -> Path:
+    """Compiles the kernels unless the cache has them; returns the library's path."""
+    target = library_path()
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Compile beside the target and rename: processes that race here each produce a
+    # complete library, and none ever loads a half-written one.
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
+    os.close(fd)
+    command = [_compiler(), *FLAGS, f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', tmp]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise KernelBuildError(
+                f'compiling {SOURCE.name} failed ({" ".join(command)}):\n'
+                f'{result.stderr[-3000:]}')
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _open(path: Path) -> dict[str, object]:
+    library = ctypes.CDLL(str(path))
+    return {name: getattr(library, name) for name in TARGETS}
+
+
+@functools.cache
+def load() -> None:
+    """Builds (if needed) and loads the kernels and registers them as XLA:CPU FFI targets.
+
+    A cached library that does not load (a truncated file, say) is rebuilt once. Raises
+    KernelBuildError if that fails; a later call tries again.
+    """
+    path = build()
+    try:
+        handlers = _open(path)
+    except (OSError, AttributeError):
+        path.unlink(missing_ok=True)
+        path = build()
+        try:
+            handlers = _open(path)
+        except (OSError, AttributeError) as e:
+            raise KernelBuildError(f'cannot load the kernels just built at {path}: {e}') from e
+    for name, handler in handlers.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')

@@ -1,0 +1,180 @@
+"""The direct CPU convolution kernels (resnet_jax.kernels) compute what lax computes:
+forward, input gradient and weight gradient, alone, in a model and in the data-parallel
+train step; everything they do not cover goes to lax; the build is cached and its failure
+falls back to XLA."""
+
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from test_train import tiny_config
+
+from resnet_jax import benchmark, configs
+from resnet_jax.kernels import conv, native
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _lax_and_kernel_vjps(x, kernel, **conv_args):
+    """(outputs, input grads, kernel grads) of lax's and the kernels' convolution."""
+    results = []
+    for fn in (lax.conv_general_dilated, conv.conv_general_dilated):
+        y, vjp = jax.vjp(jax.jit(lambda x, k, fn=fn: fn(x, k, **conv_args)), x, kernel)
+        dy = jax.random.normal(jax.random.key(2), y.shape)
+        results.append((y, *vjp(dy)))
+    return results
+
+
+@pytest.mark.parametrize('shape, kernel_shape, stride', [
+    ((4, 9, 11, 16), (3, 3, 16, 32), 1),    # odd sizes: partly filled column blocks
+    ((3, 7, 7, 32), (5, 5, 32, 16), 1),
+    ((5, 8, 8, 64), (3, 3, 64, 64), 1),     # two vectors of outputs per tile
+    ((2, 6, 13, 16), (1, 1, 16, 48), 1),
+    ((4, 32, 32, 3), (3, 3, 3, 16), 1),     # the CIFAR stem
+    ((2, 33, 30, 3), (7, 7, 3, 64), 2),     # the ImageNet stem, odd input side
+    ((3, 16, 16, 16), (3, 3, 16, 32), 2),   # a stage's first, strided convolution
+    ((3, 15, 9, 32), (3, 3, 32, 64), 2),
+    ((2, 12, 12, 5), (3, 3, 5, 16), 3),
+])
+def test_kernels_compute_what_lax_computes(shape, kernel_shape, stride):
+    keys = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(keys[0], shape)
+    kernel = jax.random.normal(keys[1], kernel_shape)
+    pad = kernel_shape[0] // 2
+    args = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                dimension_numbers=NHWC)
+    assert conv.covers(x, kernel, **args)
+    want, got = _lax_and_kernel_vjps(x, kernel, **args)
+    for name, w, g in zip(('output', 'input grad', 'kernel grad'), want, got, strict=True):
+        assert g.shape == w.shape, name
+        scale = float(jnp.max(jnp.abs(w)))
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize('change', [
+    dict(dtype=jnp.bfloat16),
+    dict(features=8),                                   # not a multiple of 16 outputs
+    dict(padding=((0, 2), (1, 1))),                     # asymmetric
+    dict(padding='SAME'),
+    dict(rhs_dilation=(2, 2)),
+    dict(feature_group_count=2),
+    dict(window_strides=(1, 2)),
+])
+def test_what_the_kernels_do_not_cover_goes_to_lax(change):
+    features = change.get('features', 16)
+    dtype = change.get('dtype', jnp.float32)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16), dtype)
+    groups = change.get('feature_group_count', 1)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 16 // groups, features), dtype)
+    args = dict(window_strides=(1, 1), padding=((1, 1), (1, 1)), dimension_numbers=NHWC)
+    args.update({k: v for k, v in change.items() if k not in ('dtype', 'features')})
+    assert not conv.covers(x, kernel, **args)
+    jaxpr = str(jax.make_jaxpr(lambda x, k: conv.conv_general_dilated(x, k, **args))(x, kernel))
+    assert 'ffi_call' not in jaxpr and 'conv_general_dilated' in jaxpr
+
+
+def test_train_step_with_the_kernels_is_the_xla_step():
+    """The whole data-parallel step (shard_map over the CPU devices, barriers, BN) with the
+    kernels and with XLA's convolutions: the same losses over three steps (each after the
+    previous update) and the same evaluation of the updated state."""
+    results = {}
+    for choice in configs.CONV_KERNELS:
+        built = benchmark.build_steps(tiny_config(image_size=16, conv_kernels=choice))
+        assert ('resnet_conv2d_forward' in built.train_compiled.as_text()) == (choice == 'auto')
+        losses = [float(jax.device_get(built.train(step))['loss']) for step in range(3)]
+        results[choice] = losses, jax.device_get(built.evaluate(0))
+    np.testing.assert_allclose(results['auto'][0], results['xla'][0], rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(results['auto'][1]), jax.tree.leaves(results['xla'][1]),
+                         strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_kernels_setting_is_validated():
+    config = configs.get_base_config()
+    config.dataset = 'synthetic'
+    config.total_steps = 1
+    config.conv_kernels = 'onednn'
+    expected = r"conv_kernels='onednn': choose one of \('auto', 'xla'\)"
+    with pytest.raises(configs.ConfigError, match=expected):
+        configs.validate_config(config)
+
+
+def test_xla_choice_and_other_platforms_use_lax():
+    assert conv.conv_for('xla', 'cpu') is lax.conv_general_dilated
+    assert conv.conv_for('auto', 'gpu') is lax.conv_general_dilated
+    assert conv.conv_for('auto', 'cpu') is conv.conv_general_dilated
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
+
+
+def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path):
+    cache = str(tmp_path / 'cache')
+    code = ('from resnet_jax.kernels import native; native.load(); '
+            'print(native.library_path())')
+    first = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
+    assert first.returncode == 0, first.stderr
+    library = first.stdout.strip().splitlines()[-1]
+    built_at = os.stat(library).st_mtime_ns
+    time.sleep(0.05)
+    again = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
+    assert again.returncode == 0, again.stderr
+    assert os.stat(library).st_mtime_ns == built_at  # loaded, not rebuilt
+
+    with open(library, 'wb') as f:  # a truncated file, as a full disk might leave
+        f.write(b'\x7fELF')
+    rebuilt = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert os.path.getsize(library) > 1000
+
+
+def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
+    code = ('import jax; from resnet_jax.kernels import conv; '
+            "assert conv.conv_for('auto', 'cpu') is jax.lax.conv_general_dilated")
+    result = _run(code, RESNET_JAX_KERNEL_CACHE=str(tmp_path), CXX='/nonexistent/c++')
+    assert result.returncode == 0, result.stderr
+    assert 'CPU convolution kernels unavailable' in result.stderr
+    assert "no working C++ compiler '/nonexistent/c++'" in result.stderr
+
+
+def test_library_depends_on_source_and_compiler(monkeypatch, tmp_path):
+    path = native.library_path()
+    monkeypatch.setenv('RESNET_JAX_KERNEL_CACHE', str(tmp_path))
+    assert native.library_path().parent == tmp_path
+    assert native.library_path().name == path.name
+    monkeypatch.setattr(native, 'FLAGS', (*native.FLAGS, '-DOTHER'))
+    assert native.library_path().name != path.name
+
+
+
+TINY_RESNET50_STEPS = '''
+import jax
+from resnet_jax import benchmark, configs
+
+config = configs.get_base_config()
+config.update(dict(dataset='synthetic', image_size=64, num_classes=10, batch_size=8,
+                   total_steps=10))
+config.model.name = 'resnet50'
+steps = benchmark.build_steps(config)
+for step in range(3):
+    jax.block_until_ready(steps.train(step))
+print('done')
+'''
+
+
+def test_concurrent_kernel_calls_do_not_wait_for_each_other():
+    """Each call offers work to XLA's thread pool and must finish when every pool thread is
+    busy with another operation (XLA runs independent ones side by side): it then does the
+    work alone. Waiting for its helpers instead hung this ResNet-50 step."""
+    result = subprocess.run([sys.executable, '-c', TINY_RESNET50_STEPS],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('done')
