@@ -178,3 +178,27 @@ def test_concurrent_kernel_calls_do_not_wait_for_each_other():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith('done')
+
+
+REPEATED_WEIGHT_GRADS = '''
+import sys, pathlib
+import jax
+from resnet_jax.kernels import conv, native
+
+if len(sys.argv) > 1:
+    native.SOURCE = pathlib.Path(sys.argv[1])
+x = jax.random.normal(jax.random.key(0), (64, 16, 16, 16))
+dy = jax.random.normal(jax.random.key(1), (64, 16, 16, 32))
+kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 32))
+grad = jax.jit(lambda x, k: jax.vjp(lambda k: conv.conv2d(x, k, 1), k)[1](dy)[0])
+first = grad(x, kernel)
+print(all(bool((grad(x, kernel) == first).all()) for _ in range(30)))
+'''
+
+
+def test_weight_gradient_repeats_bit_for_bit():
+    """The per-thread partial sums are over fixed chunks of images, added in a fixed order:
+    a run resumed from a checkpoint must repeat the uninterrupted one exactly."""
+    result = _run(REPEATED_WEIGHT_GRADS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == 'True'

@@ -45,37 +45,33 @@ int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), tasks));
 }
 
-// Runs body(task, worker) for every task in [0, tasks) on up to `workers` threads: this
-// one (worker 0) and helpers offered to the pool. The caller never waits for a helper
-// that has not started: the pool's threads may all be busy (XLA runs independent
-// operations side by side, this one included), and then the caller does every task
-// itself. A helper that starts late finds no task left and touches nothing but `state`.
+// Runs body(task) for every task in [0, tasks) on up to `workers` threads: this one and
+// helpers offered to the pool. The caller never waits for a helper that has not started:
+// the pool's threads may all be busy (XLA runs independent operations side by side, this
+// one included), and then the caller does every task itself. A helper that starts late
+// finds no task left and touches nothing but `state`.
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t tasks, int64_t workers, F body) {
   struct State {
     std::atomic<int64_t> next_task{0};
-    std::atomic<int64_t> next_worker{1};
     std::mutex mu;
     std::condition_variable cv;
     int64_t active = 0;  // helpers that may be running a task; guarded by mu
   };
   auto state = std::make_shared<State>();
   for (int64_t i = 1; i < workers; ++i) {
-    pool.Schedule([state, tasks, workers, &body] {
+    pool.Schedule([state, tasks, &body] {
       {
         std::lock_guard<std::mutex> lock(state->mu);
         ++state->active;
       }
-      const int64_t worker = state->next_worker.fetch_add(1);
-      for (int64_t t; worker < workers && (t = state->next_task.fetch_add(1)) < tasks;) {
-        body(t, worker);
-      }
+      for (int64_t t; (t = state->next_task.fetch_add(1)) < tasks;) body(t);
       std::lock_guard<std::mutex> lock(state->mu);
       --state->active;
       state->cv.notify_all();
     });
   }
-  for (int64_t t; (t = state->next_task.fetch_add(1)) < tasks;) body(t, 0);
+  for (int64_t t; (t = state->next_task.fetch_add(1)) < tasks;) body(t);
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->active == 0; });
 }
@@ -205,7 +201,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const int64_t workers = NumWorkers(pool, N * Ho);
   const int64_t bands = std::min<int64_t>(Ho, (4 * workers + N - 1) / N);
   const int64_t band_rows = (Ho + bands - 1) / bands;
-  ParallelFor(pool, N * bands, workers, [&](int64_t task, int64_t) {
+  ParallelFor(pool, N * bands, workers, [&](int64_t task) {
     const int64_t n = task / bands, h0 = (task % bands) * band_rows;
     const int64_t h1 = std::min(Ho, h0 + band_rows);
     if (h0 >= h1) return;
@@ -288,19 +284,25 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t slab_cols = std::max(pad + W, (Wo - 1) * stride + K);
   const int64_t taps = K * K * C * O;
   const WeightGradTiling tiling = ChooseWeightGradTiling(C, O);
-  // Each worker sums its images into its own copy of dk; the copies are added at the end.
-  const int64_t workers = NumWorkers(pool, N);
-  std::vector<float> partial(workers * taps, 0.f);
-  ParallelFor(pool, N, workers, [&](int64_t n, int64_t worker) {
+  // The images are split into fixed chunks, each summed in order into its own copy of dk,
+  // and the copies are added in order: the result does not depend on which thread ran
+  // what, so a run repeats bit for bit. (Chunks: two per pool thread, at most 64 MiB.)
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t{64} << 20) / (taps * 4));
+  const int64_t chunks = std::min({N, 2 * threads, by_memory});
+  std::vector<float> partial(chunks * taps, 0.f);
+  ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
     float* slab = PaddedSlab(slab_rows, slab_cols, C);
-    FillSlab(xs + n * H * W * C, H, W, C, -pad, slab_rows - pad, pad, slab_cols, slab);
-    const float* g = gs + n * Ho * Wo * O;
-    for (int64_t i = 0; i < K; ++i) {
-      for (int64_t j = 0; j < K; ++j) {
-        float* tap = partial.data() + worker * taps + (i * K + j) * C * O;
-        for (int64_t c0 = 0; c0 < C; c0 += tiling.cb) {
-          for (int64_t o0 = 0; o0 < O; o0 += 16 * tiling.no) {
-            tiling.fn(slab, slab_cols, stride, Ho, Wo, C, g, O, i, j, c0, o0, tap);
+    for (int64_t n = chunk * N / chunks; n < (chunk + 1) * N / chunks; ++n) {
+      FillSlab(xs + n * H * W * C, H, W, C, -pad, slab_rows - pad, pad, slab_cols, slab);
+      const float* g = gs + n * Ho * Wo * O;
+      for (int64_t i = 0; i < K; ++i) {
+        for (int64_t j = 0; j < K; ++j) {
+          float* tap = partial.data() + chunk * taps + (i * K + j) * C * O;
+          for (int64_t c0 = 0; c0 < C; c0 += tiling.cb) {
+            for (int64_t o0 = 0; o0 < O; o0 += 16 * tiling.no) {
+              tiling.fn(slab, slab_cols, stride, Ho, Wo, C, g, O, i, j, c0, o0, tap);
+            }
           }
         }
       }
@@ -308,7 +310,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   });
   float* out = dk->typed_data();
   std::memcpy(out, partial.data(), taps * sizeof(float));
-  for (int64_t k = 1; k < workers; ++k) {
+  for (int64_t k = 1; k < chunks; ++k) {
     const float* part = partial.data() + k * taps;
     for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
   }
