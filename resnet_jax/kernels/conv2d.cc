@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -257,16 +258,24 @@ struct WeightGradTiling {
   WeightGradTileFn fn;
 };
 
-// Input channels in blocks of CB (the largest that divides C), output channels in one or
-// two vectors: 16 accumulators where the channels allow.
+// In order of preference: 16 input channels (one cache line of x per pixel) by one vector
+// of outputs; for fewer input channels, more output vectors, so that each pixel still
+// feeds 8-16 accumulators.
+constexpr WeightGradTiling kWeightGradTilings[] = {
+    {16, 1, WeightGradTile<16, 1>}, {8, 2, WeightGradTile<8, 2>},
+    {4, 4, WeightGradTile<4, 4>},   {3, 4, WeightGradTile<3, 4>},
+    {2, 4, WeightGradTile<2, 4>},   {8, 1, WeightGradTile<8, 1>},
+    {4, 2, WeightGradTile<4, 2>},   {3, 2, WeightGradTile<3, 2>},
+    {4, 1, WeightGradTile<4, 1>},   {3, 1, WeightGradTile<3, 1>},
+    {2, 1, WeightGradTile<2, 1>},   {1, 4, WeightGradTile<1, 4>},
+    {1, 1, WeightGradTile<1, 1>},
+};
+
 WeightGradTiling ChooseWeightGradTiling(int64_t C, int64_t O) {
-  if (C % 8 == 0 && O % 32 == 0) return {8, 2, WeightGradTile<8, 2>};
-  if (C % 16 == 0) return {16, 1, WeightGradTile<16, 1>};
-  if (C % 8 == 0) return {8, 1, WeightGradTile<8, 1>};
-  if (C % 4 == 0) return {4, 1, WeightGradTile<4, 1>};
-  if (C % 3 == 0) return {3, 1, WeightGradTile<3, 1>};
-  if (C % 2 == 0) return {2, 1, WeightGradTile<2, 1>};
-  return {1, 1, WeightGradTile<1, 1>};
+  for (const WeightGradTiling& t : kWeightGradTilings) {
+    if (C % t.cb == 0 && O % (16 * t.no) == 0) return t;
+  }
+  return kWeightGradTilings[std::size(kWeightGradTilings) - 1];
 }
 
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -291,17 +300,31 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t by_memory = std::max<int64_t>(1, (int64_t{64} << 20) / (taps * 4));
   const int64_t chunks = std::min({N, 2 * threads, by_memory});
   std::vector<float> partial(chunks * taps, 0.f);
+  // Images are taken in groups whose padded copies and gradients fit in about 512 KiB of
+  // cache; each tile of dk then sums over the group's images while it stays in L1. (Image
+  // by image, deep layers with small maps and large kernels, 7x7x512 -> 3x3x512x512, would
+  // stream the whole of dk through memory once per image.)
+  const int64_t slab_size = slab_rows * slab_cols * C;
+  const int64_t image_bytes = (slab_size + Ho * Wo * O) * 4;
+  const int64_t group = std::max<int64_t>(1, (int64_t{512} << 10) / image_bytes);
   ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
-    float* slab = PaddedSlab(slab_rows, slab_cols, C);
-    for (int64_t n = chunk * N / chunks; n < (chunk + 1) * N / chunks; ++n) {
-      FillSlab(xs + n * H * W * C, H, W, C, -pad, slab_rows - pad, pad, slab_cols, slab);
-      const float* g = gs + n * Ho * Wo * O;
+    const int64_t n_end = (chunk + 1) * N / chunks;
+    for (int64_t n0 = chunk * N / chunks; n0 < n_end; n0 += group) {
+      const int64_t images = std::min(group, n_end - n0);
+      float* slabs = PaddedSlab(images * slab_rows, slab_cols, C);
+      for (int64_t m = 0; m < images; ++m) {
+        FillSlab(xs + (n0 + m) * H * W * C, H, W, C, -pad, slab_rows - pad, pad, slab_cols,
+                 slabs + m * slab_size);
+      }
       for (int64_t i = 0; i < K; ++i) {
         for (int64_t j = 0; j < K; ++j) {
           float* tap = partial.data() + chunk * taps + (i * K + j) * C * O;
           for (int64_t c0 = 0; c0 < C; c0 += tiling.cb) {
             for (int64_t o0 = 0; o0 < O; o0 += 16 * tiling.no) {
-              tiling.fn(slab, slab_cols, stride, Ho, Wo, C, g, O, i, j, c0, o0, tap);
+              for (int64_t m = 0; m < images; ++m) {
+                tiling.fn(slabs + m * slab_size, slab_cols, stride, Ho, Wo, C,
+                          gs + (n0 + m) * Ho * Wo * O, O, i, j, c0, o0, tap);
+              }
             }
           }
         }
