@@ -145,6 +145,17 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
     assert "no working C++ compiler '/nonexistent/c++'" in result.stderr
 
 
+def test_an_unwritable_cache_falls_back_to_xla_with_a_warning(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    code = ('import jax; from resnet_jax.kernels import conv; '
+            "assert conv.conv_for('auto', 'cpu') is jax.lax.conv_general_dilated")
+    result = _run(code, RESNET_JAX_KERNEL_CACHE=str(blocker / 'cache'))
+    assert result.returncode == 0, result.stderr
+    assert 'cannot write the kernel cache' in result.stderr
+    assert '$RESNET_JAX_KERNEL_CACHE' in result.stderr
+
+
 def test_library_depends_on_source_and_compiler(monkeypatch, tmp_path):
     path = native.library_path()
     monkeypatch.setenv('RESNET_JAX_KERNEL_CACHE', str(tmp_path))

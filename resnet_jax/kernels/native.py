@@ -63,8 +63,12 @@ def _compiler_version(compiler: str) -> str:
 def library_path() -> Path:
     """Where the library for this source, compiler, jaxlib and CPU is (or will be) cached."""
     compiler = _compiler()
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as e:
+        raise KernelBuildError(f'the kernel source is missing ({e}); reinstall resnet_jax') from e
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), _compiler_version(compiler).encode(),
+    for part in (source, compiler.encode(), _compiler_version(compiler).encode(),
                  ' '.join(FLAGS).encode(), jaxlib.__version__.encode(),
                  _cpu_identity().encode()):
         key.update(part)
@@ -77,10 +81,15 @@ def build() -> Path:
     target = library_path()
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Compile beside the target and rename: processes that race here each produce a
     # complete library, and none ever loads a half-written one.
-    fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
+    except OSError as e:
+        raise KernelBuildError(
+            f'cannot write the kernel cache {target.parent} ({e}); point '
+            '$RESNET_JAX_KERNEL_CACHE at a writable directory') from e
     os.close(fd)
     command = [_compiler(), *FLAGS, f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', tmp]
     try:
