@@ -24,8 +24,8 @@ EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
 STREAMING_AUGMENTATIONS = ('scale', 'inception', 'none')
 DTYPES = ('float32', 'bfloat16')
 # What computes the kxk convolutions. 'auto': on the CPU, resnet_jax.kernels' direct kernels
-# for every float32 stride-1 one they cover (built on first use; XLA's where they cannot be
-# built); elsewhere XLA's. 'xla': XLA's everywhere.
+# for every float32 one they cover (built on first use; XLA's where they cannot be built);
+# elsewhere XLA's. 'xla': XLA's everywhere.
 CONV_KERNELS = ('auto', 'xla')
 SCHEDULES = ('step', 'cosine')
 DURATION_UNITS = ('steps', 'epochs')

@@ -13,8 +13,8 @@
 // activations, HWIO kernels, float32, any number of input channels and a multiple of 16
 // output channels. (At stride 1 the input gradient is the forward convolution of dy with
 // the kernel turned by 180 degrees and its channels swapped; the caller does that.) Work
-// is split over XLA's intra-op thread pool. Written with GCC/Clang vector extensions and compiled for
-// the host CPU (-march=native): 16 floats are one AVX-512 register, two AVX2 ones.
+// is split over XLA's intra-op thread pool. Written with GCC/Clang vector extensions and
+// compiled for the host CPU (-march=native): 16 floats are one AVX-512 register, two AVX2.
 
 #include <algorithm>
 #include <atomic>
