@@ -12,8 +12,9 @@ noisy). It prints the median seconds per step of each and the ratio to PyTorch e
 
 Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
 the XLA_FLAGS of the environment), `jax-2dev` (the same on 2 simulated CPU devices, data
-parallel over the cores), `jax-xlaconv` and `jax-2dev-xlaconv` (the same with
-`conv_kernels='xla'`: XLA's convolutions instead of resnet_jax.kernels'), `torch`,
+parallel over the cores), a `-xla` or `-conv` suffix to either (the same with
+`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.kernels', or `'conv'`: the convolution
+kernels only), `torch`,
 `torch-compile`, and any `jax+NAME` defined with `--variant NAME='--xla_flag=value ...'`
 (extra XLA_FLAGS; for trying XLA options). A `/thp` suffix (e.g. `jax/thp`, `torch/thp`)
 starts that contender with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: malloc backs its large
@@ -40,11 +41,11 @@ DEFAULT_CASES = ('experiments/cifar10.py:resnet20@128', 'experiments/cifar10.py:
 # ----------------------------------------------------------------------------- workers
 
 
-def _jax_worker(config_spec: str, batch_size: int, dtype: str, conv_kernels: str):
+def _jax_worker(config_spec: str, batch_size: int, dtype: str, cpu_kernels: str):
     from resnet_jax import benchmark
 
     config = benchmark.load_config(config_spec, batch_size, dtype)
-    config.conv_kernels = conv_kernels
+    config.cpu_kernels = cpu_kernels
     steps = benchmark.build_steps(config)
     return steps.train, steps.train_compile_s
 
@@ -85,8 +86,9 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
     else:
         import jax
 
-        conv_kernels = 'xla' if kind.endswith('-xlaconv') else 'auto'
-        run, compile_s = _jax_worker(config_spec, batch_size, dtype, conv_kernels)
+        suffix = kind.rpartition('-')[2]
+        cpu_kernels = suffix if suffix in ('xla', 'conv') else 'auto'
+        run, compile_s = _jax_worker(config_spec, batch_size, dtype, cpu_kernels)
         block = jax.block_until_ready
     step = 0
     for _ in range(warmup):
@@ -177,7 +179,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--case', action='append', help='CONFIG[:ARG]@BATCH (repeatable)')
     parser.add_argument('--contenders', default='jax,torch',
-                        help='comma-separated: jax, jax-2dev, jax-xlaconv, jax-2dev-xlaconv, '
+                        help='comma-separated: jax, jax-2dev, jax-xla, jax-2dev-xla, jax-conv, '
                              'jax+NAME, torch, torch-compile; a /thp suffix: malloc on huge '
                              'pages')
     parser.add_argument('--variant', action='append', default=[], metavar="NAME='FLAGS'",

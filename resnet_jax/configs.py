@@ -23,10 +23,10 @@ PIPELINES = ('auto', 'memory', 'streaming')
 EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
 STREAMING_AUGMENTATIONS = ('scale', 'inception', 'none')
 DTYPES = ('float32', 'bfloat16')
-# What computes the kxk convolutions. 'auto': on the CPU, resnet_jax.kernels' direct kernels
-# for every float32 one they cover (built on first use; XLA's where they cannot be built);
-# elsewhere XLA's. 'xla': XLA's everywhere.
-CONV_KERNELS = ('auto', 'xla')
+# What computes the convolutions and BatchNorms on a CPU. 'auto': resnet_jax.kernels' C++
+# kernels wherever they apply (float32; built on first use; XLA's ops where they cannot be
+# built); 'conv': the convolution kernels only; 'xla': XLA's ops. Other backends: XLA's.
+CPU_KERNELS = ('auto', 'conv', 'xla')
 SCHEDULES = ('step', 'cosine')
 DURATION_UNITS = ('steps', 'epochs')
 AUGMENTATIONS = ('pad_crop_flip', 'flip', 'none')
@@ -72,7 +72,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.9
     config.model.bn_epsilon = 1e-5
     config.dtype = 'float32'  # compute dtype; parameters and BN statistics stay float32.
-    config.conv_kernels = 'auto'  # see CONV_KERNELS.
+    config.cpu_kernels = 'auto'  # see CPU_KERNELS.
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
     config.sync_batch_norm = False
 
@@ -220,8 +220,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.model.shortcut in (None, 'A', 'B', 'C', 'none'),
           f"model.shortcut={config.model.shortcut!r}: choose 'A', 'B', 'C' or 'none'")
     check(config.dtype in DTYPES, f'dtype={config.dtype!r}: choose one of {DTYPES}')
-    check(config.conv_kernels in CONV_KERNELS,
-          f'conv_kernels={config.conv_kernels!r}: choose one of {CONV_KERNELS}')
+    check(config.cpu_kernels in CPU_KERNELS,
+          f'cpu_kernels={config.cpu_kernels!r}: choose one of {CPU_KERNELS}')
     for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'keep_checkpoints',
                   'checkpoint_every_steps'):
         check(config[field] > 0, f'{field}={config[field]} must be positive')
@@ -325,8 +325,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_nam
     import jax.numpy as jnp
 
     from resnet_jax import models
-    from resnet_jax.kernels import conv
+    from resnet_jax.kernels import choice
 
+    kernels = choice.for_platform(config.cpu_kernels, jax.default_backend())
     return models.create_model(
         config.model.name,
         num_classes=num_classes,
@@ -337,5 +338,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_nam
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=bn_axis_name,
-        conv_general_dilated=conv.conv_for(config.conv_kernels, jax.default_backend()),
+        conv_general_dilated=kernels.conv_general_dilated,
+        fused_batch_norm=kernels.fused_batch_norm,
     )

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.batch_norm import BatchNorm
+
 BLOCKS = ('basic', 'bottleneck')
 STEMS = ('imagenet', 'cifar')
 SHORTCUTS = ('A', 'B', 'C', 'none')
@@ -82,8 +84,11 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
 
 def _shortcut(
     x: jax.Array, features: int, strides: int, kind: str, dtype: Any, norm: Callable
-) -> jax.Array:
-    """The skip path of a block: identity, zero-padded identity (A) or projection (B, C)."""
+) -> jax.Array | None:
+    """The skip path of a block: identity, zero-padded identity (A), projection (B, C), or
+    None for a plain block (shortcut 'none')."""
+    if kind == 'none':
+        return None
     changes_shape = strides != 1 or x.shape[-1] != features
     if kind == 'C' or (kind == 'B' and changes_shape):
         x = _conv(features, 1, strides, dtype, 'shortcut_conv')(x)
@@ -98,7 +103,7 @@ def _shortcut(
 
 
 class _Block(nn.Module):
-    """Fields shared by both block types; `norm` is a configured `nn.BatchNorm`."""
+    """Fields shared by both block types; `norm` is a configured `batch_norm.BatchNorm`."""
 
     width: int
     strides: int
@@ -114,18 +119,14 @@ class _Block(nn.Module):
     def _conv3x3(self, strides: int, name: str) -> nn.Conv:
         return _conv(self.width, 3, strides, self.dtype, name, self.conv_general_dilated)
 
-    def _last_bn(self, name: str) -> nn.Module:
-        """The last BN of the branch; zero scale makes the block start as its shortcut."""
+    def _merge(self, x: jax.Array, branch: jax.Array, bn_name: str) -> jax.Array:
+        """The branch's last BN, the addition of the shortcut and the ReLU after it (v1
+        post-activation); plain blocks have no addition. A zero scale of that BN
+        (`zero_init_residual`) makes the block start as its shortcut."""
+        skip = _shortcut(x, self.width * self.expansion, self.strides, self.shortcut,
+                         self.dtype, self.norm)
         init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        return self.norm(scale_init=init, name=name)
-
-    def _merge(self, x: jax.Array, branch: jax.Array) -> jax.Array:
-        """ReLU after the addition (v1 post-activation); plain blocks have no addition."""
-        if self.shortcut == 'none':
-            return nn.relu(branch)
-        features = self.width * self.expansion
-        skip = _shortcut(x, features, self.strides, self.shortcut, self.dtype, self.norm)
-        return nn.relu(branch + skip)
+        return self.norm(scale_init=init, name=bn_name)(branch, skip, relu=True)
 
 
 class BasicBlock(_Block):
@@ -136,10 +137,9 @@ class BasicBlock(_Block):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self._conv3x3(self.strides, 'conv1')(x)
-        y = nn.relu(self.norm(name='bn1')(y))
+        y = self.norm(name='bn1')(y, relu=True)
         y = self._conv3x3(1, 'conv2')(y)
-        y = self._last_bn('bn2')(y)
-        return self._merge(x, y)
+        return self._merge(x, y, 'bn2')
 
 
 class BottleneckBlock(_Block):
@@ -151,12 +151,11 @@ class BottleneckBlock(_Block):
     def __call__(self, x: jax.Array) -> jax.Array:
         s1, s2 = (self.strides, 1) if self.variant == 'v1' else (1, self.strides)
         y = _conv(self.width, 1, s1, self.dtype, 'conv1')(x)
-        y = nn.relu(self.norm(name='bn1')(y))
+        y = self.norm(name='bn1')(y, relu=True)
         y = self._conv3x3(s2, 'conv2')(y)
-        y = nn.relu(self.norm(name='bn2')(y))
+        y = self.norm(name='bn2')(y, relu=True)
         y = _conv(self.width * self.expansion, 1, 1, self.dtype, 'conv3')(y)
-        y = self._last_bn('bn3')(y)
-        return self._merge(x, y)
+        return self._merge(x, y, 'bn3')
 
 
 _BLOCK_CLASSES: dict[str, type[_Block]] = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}
@@ -188,6 +187,8 @@ class ResNet(nn.Module):
     bn_axis_name: str | None = None
     # What computes the kxk convolutions: lax's, or kernels.conv's on the CPU (same math).
     conv_general_dilated: Callable = jax.lax.conv_general_dilated
+    # BatchNorm, residual addition and ReLU in kernels.batchnorm's CPU kernels (same math).
+    fused_batch_norm: bool = False
 
     def _check(self) -> None:
         _check_choice('block', self.block, BLOCKS)
@@ -205,7 +206,8 @@ class ResNet(nn.Module):
         {'stem': ..., 'stage1': ..., ...} of the output of each part."""
         self._check()
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
+            kernels=self.fused_batch_norm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -217,7 +219,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         x = _conv(self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv',
                   self.conv_general_dilated)(x)
-        x = nn.relu(norm(name='stem_bn')(x))
+        x = norm(name='stem_bn')(x, relu=True)
         if max_pool:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         stages = {'stem': x}
@@ -306,6 +308,7 @@ def create_model(
     bn_epsilon: float = 1e-5,
     bn_axis_name: str | None = None,
     conv_general_dilated: Callable = jax.lax.conv_general_dilated,
+    fused_batch_norm: bool = False,
 ) -> ResNet:
     """The ResNet called `name` (one of MODEL_NAMES).
 
@@ -337,6 +340,7 @@ def create_model(
         bn_epsilon=bn_epsilon,
         bn_axis_name=bn_axis_name,
         conv_general_dilated=conv_general_dilated,
+        fused_batch_norm=fused_batch_norm,
     )
     model._check()  # fail here, not at the first trace
     return model

@@ -16,7 +16,7 @@ from jax import lax
 from test_train import tiny_config
 
 from resnet_jax import benchmark, configs
-from resnet_jax.kernels import conv, native
+from resnet_jax.kernels import choice, conv, native
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -80,35 +80,44 @@ def test_what_the_kernels_do_not_cover_goes_to_lax(change):
 
 
 def test_train_step_with_the_kernels_is_the_xla_step():
-    """The whole data-parallel step (shard_map over the CPU devices, barriers, BN) with the
-    kernels and with XLA's convolutions: the same losses over three steps (each after the
-    previous update) and the same evaluation of the updated state."""
+    """The whole data-parallel step (shard_map over the CPU devices, barriers, BN) with all
+    the kernels, with the convolution kernels only and with XLA's ops: the same losses over
+    three steps (each after the previous update) and the same evaluation of the updated
+    state."""
     results = {}
-    for choice in configs.CONV_KERNELS:
-        built = benchmark.build_steps(tiny_config(image_size=16, conv_kernels=choice))
-        assert ('resnet_conv2d_forward' in built.train_compiled.as_text()) == (choice == 'auto')
+    for kernels in configs.CPU_KERNELS:
+        built = benchmark.build_steps(tiny_config(image_size=16, cpu_kernels=kernels))
+        compiled = built.train_compiled.as_text()
+        assert ('resnet_conv2d_forward' in compiled) == (kernels in ('auto', 'conv'))
+        assert ('resnet_bn_grad_input' in compiled) == (kernels == 'auto')
         losses = [float(jax.device_get(built.train(step))['loss']) for step in range(3)]
-        results[choice] = losses, jax.device_get(built.evaluate(0))
-    np.testing.assert_allclose(results['auto'][0], results['xla'][0], rtol=1e-5)
-    for got, want in zip(jax.tree.leaves(results['auto'][1]), jax.tree.leaves(results['xla'][1]),
-                         strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        results[kernels] = losses, jax.device_get(built.evaluate(0))
+    for kernels in ('auto', 'conv'):
+        np.testing.assert_allclose(results[kernels][0], results['xla'][0], rtol=1e-5)
+        for got, want in zip(jax.tree.leaves(results[kernels][1]),
+                             jax.tree.leaves(results['xla'][1]), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_conv_kernels_setting_is_validated():
+def test_cpu_kernels_setting_is_validated():
     config = configs.get_base_config()
     config.dataset = 'synthetic'
     config.total_steps = 1
-    config.conv_kernels = 'onednn'
-    expected = r"conv_kernels='onednn': choose one of \('auto', 'xla'\)"
+    config.cpu_kernels = 'onednn'
+    expected = r"cpu_kernels='onednn': choose one of \('auto', 'conv', 'xla'\)"
     with pytest.raises(configs.ConfigError, match=expected):
         configs.validate_config(config)
+    assert configs.CPU_KERNELS == choice.CHOICES
 
 
-def test_xla_choice_and_other_platforms_use_lax():
-    assert conv.conv_for('xla', 'cpu') is lax.conv_general_dilated
-    assert conv.conv_for('auto', 'gpu') is lax.conv_general_dilated
-    assert conv.conv_for('auto', 'cpu') is conv.conv_general_dilated
+def test_xla_choice_and_other_platforms_use_xla():
+    for xla in (choice.for_platform('xla', 'cpu'), choice.for_platform('auto', 'gpu')):
+        assert xla.conv_general_dilated is lax.conv_general_dilated
+        assert not xla.fused_batch_norm
+    assert choice.for_platform('auto', 'cpu') == choice.CpuKernels(conv.conv_general_dilated,
+                                                                   fused_batch_norm=True)
+    assert choice.for_platform('conv', 'cpu') == choice.CpuKernels(conv.conv_general_dilated,
+                                                                   fused_batch_norm=False)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -137,19 +146,19 @@ def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path):
 
 
 def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
-    code = ('import jax; from resnet_jax.kernels import conv; '
-            "assert conv.conv_for('auto', 'cpu') is jax.lax.conv_general_dilated")
+    code = ('from resnet_jax.kernels import choice; '
+            "assert choice.for_platform('auto', 'cpu') == choice.CpuKernels()")
     result = _run(code, RESNET_JAX_KERNEL_CACHE=str(tmp_path), CXX='/nonexistent/c++')
     assert result.returncode == 0, result.stderr
-    assert 'CPU convolution kernels unavailable' in result.stderr
+    assert 'CPU kernels unavailable' in result.stderr
     assert "no working C++ compiler '/nonexistent/c++'" in result.stderr
 
 
 def test_an_unwritable_cache_falls_back_to_xla_with_a_warning(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
-    code = ('import jax; from resnet_jax.kernels import conv; '
-            "assert conv.conv_for('auto', 'cpu') is jax.lax.conv_general_dilated")
+    code = ('from resnet_jax.kernels import choice; '
+            "assert choice.for_platform('auto', 'cpu') == choice.CpuKernels()")
     result = _run(code, RESNET_JAX_KERNEL_CACHE=str(blocker / 'cache'))
     assert result.returncode == 0, result.stderr
     assert 'cannot write the kernel cache' in result.stderr
@@ -197,7 +206,7 @@ import jax
 from resnet_jax.kernels import conv, native
 
 if len(sys.argv) > 1:
-    native.SOURCE = pathlib.Path(sys.argv[1])
+    native.SOURCES = (pathlib.Path(sys.argv[1]), *native.SOURCES[1:])
 x = jax.random.normal(jax.random.key(0), (64, 16, 16, 16))
 dy = jax.random.normal(jax.random.key(1), (64, 16, 16, 32))
 kernel = jax.random.normal(jax.random.key(2), (3, 3, 16, 32))

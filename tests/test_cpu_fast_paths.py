@@ -87,7 +87,7 @@ def test_cpu_train_step_keeps_convolutions_out_of_ynnpack(tmp_path, monkeypatch)
     path = tmp_path / 'tiny_projection.py'
     path.write_text(TINY_PROJECTION)
     config = benchmark.load_config(str(path))
-    config.conv_kernels = 'xla'  # (the default computes these in resnet_jax.kernels)
+    config.cpu_kernels = 'xla'  # (the default computes these in resnet_jax.kernels)
 
     hlo = benchmark.build_steps(config).train_compiled.as_text()
     assert 'convolution' in hlo  # the 3x3 convolutions, 32 and 64 channels too ...

@@ -9,8 +9,7 @@ gradients (strided layers, the stem's, which nothing uses) stay with XLA. Every 
 convolution goes to lax unchanged.
 """
 
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -26,12 +25,8 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 def _call(target: str, shape: Sequence[int], x: jax.Array, y: jax.Array,
           stride: int) -> jax.Array:
-    native.load()
-    # Inside shard_map the result lives on the same mesh, varying over the same axes.
-    operand = jax.typeof(x)
-    out = jax.ShapeDtypeStruct(tuple(shape), jnp.float32, sharding=operand.sharding,
-                               manual_axis_type=operand.manual_axis_type)
-    return jax.ffi.ffi_call(target, out)(x, y, stride=np.int64(stride))
+    (out,) = native.call(target, [shape], x, y, stride=np.int64(stride))
+    return out
 
 
 def _output_side(side: int, size: int, stride: int) -> int:
@@ -116,19 +111,3 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type)
-
-
-def conv_for(choice: str, platform: str) -> Callable:
-    """The convolution a model on `platform` uses for `config.conv_kernels` = `choice`.
-
-    'auto': this module's on the CPU (lax's, with a warning, where the kernels cannot be
-    built there); lax's on other platforms. 'xla': always lax's.
-    """
-    if choice == 'xla' or platform != 'cpu':
-        return lax.conv_general_dilated
-    try:
-        native.load()
-    except native.KernelBuildError as e:
-        logging.warning('CPU convolution kernels unavailable, using XLA\'s (slower): %s', e)
-        return lax.conv_general_dilated
-    return conv_general_dilated

@@ -17,65 +17,16 @@
 // compiled for the host CPU (-march=native): 16 floats are one AVX-512 register, two AVX2.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <iterator>
-#include <memory>
-#include <mutex>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "parallel.h"
 
 namespace {
 
-using v16 = float __attribute__((vector_size(64), aligned(4)));
-
-inline v16 Load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-
-int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
-  return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), tasks));
-}
-
-// Runs body(task) for every task in [0, tasks) on up to `workers` threads: this one and
-// helpers offered to the pool. The caller never waits for a helper that has not started:
-// the pool's threads may all be busy (XLA runs independent operations side by side, this
-// one included), and then the caller does every task itself. A helper that starts late
-// finds no task left and touches nothing but `state`.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t tasks, int64_t workers, F body) {
-  struct State {
-    std::atomic<int64_t> next_task{0};
-    std::mutex mu;
-    std::condition_variable cv;
-    int64_t active = 0;  // helpers that may be running a task; guarded by mu
-  };
-  auto state = std::make_shared<State>();
-  for (int64_t i = 1; i < workers; ++i) {
-    pool.Schedule([state, tasks, &body] {
-      {
-        std::lock_guard<std::mutex> lock(state->mu);
-        ++state->active;
-      }
-      for (int64_t t; (t = state->next_task.fetch_add(1)) < tasks;) body(t);
-      std::lock_guard<std::mutex> lock(state->mu);
-      --state->active;
-      state->cv.notify_all();
-    });
-  }
-  for (int64_t t; (t = state->next_task.fetch_add(1)) < tasks;) body(t);
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->active == 0; });
-}
+using namespace resnet_jax;  // NOLINT: v16, Load, Store, ParallelFor, NumWorkers, ffi
 
 // A thread's zero-padded copy of some rows of one image: rows x cols pixels of c channels.
 // Only the interior is written per call, so the zero border is kept while the shape stays.

@@ -1,12 +1,11 @@
 """Builds the C++ kernels of this package for the host CPU and registers them with XLA.
 
-The source ships with the package and is compiled on first use with the system's C++
-compiler (`$CXX`, else `c++`) for this CPU (`-march=native`), against the XLA FFI headers
-of the installed jaxlib. The library is cached under `$RESNET_JAX_KERNEL_CACHE` (default
-`~/.cache/resnet_jax/kernels`), keyed by the source, compiler, flags, jaxlib and CPU, so a
-later start, or another process, loads it in milliseconds. Nothing is built on GPU or TPU
-hosts unless asked for.
-"""
+The sources ship with the package and are compiled into one library on first use, with
+the system's C++ compiler (`$CXX`, else `c++`) for this CPU (`-march=native`), against the
+XLA FFI headers of the installed jaxlib. The library is cached under
+`$RESNET_JAX_KERNEL_CACHE` (default `~/.cache/resnet_jax/kernels`), keyed by the sources,
+compiler, flags, jaxlib and CPU, so a later start, or another process, loads it in
+milliseconds. Nothing is built on GPU or TPU hosts unless asked for."""
 
 import ctypes
 import functools
@@ -15,13 +14,21 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import jaxlib
+from jax.sharding import PartitionSpec as P
 
-SOURCE = Path(__file__).with_name('conv2d.cc')
-TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad')
+_HERE = Path(__file__).parent
+SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc')
+HEADERS = (_HERE / 'parallel.h',)
+TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_bn_stats',
+           'resnet_bn_apply', 'resnet_bn_apply_add', 'resnet_bn_grad_stats',
+           'resnet_bn_grad_input', 'resnet_bn_grad_input_dz')
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 
 
@@ -56,24 +63,24 @@ def _compiler_version(compiler: str) -> str:
     except (OSError, subprocess.SubprocessError) as e:
         raise KernelBuildError(
             f'no working C++ compiler {compiler!r} ({e}); install one (e.g. g++) or set '
-            '$CXX, or use --config.conv_kernels=xla') from e
+            '$CXX, or use --config.cpu_kernels=xla') from e
     return result.stdout
 
 
 def library_path() -> Path:
-    """Where the library for this source, compiler, jaxlib and CPU is (or will be) cached."""
+    """Where the library for these sources, compiler, jaxlib and CPU is (or will be) cached."""
     compiler = _compiler()
     try:
-        source = SOURCE.read_bytes()
+        sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
     except OSError as e:
-        raise KernelBuildError(f'the kernel source is missing ({e}); reinstall resnet_jax') from e
+        raise KernelBuildError(f'a kernel source is missing ({e}); reinstall resnet_jax') from e
     key = hashlib.sha256()
-    for part in (source, compiler.encode(), _compiler_version(compiler).encode(),
+    for part in (*sources, compiler.encode(), _compiler_version(compiler).encode(),
                  ' '.join(FLAGS).encode(), jaxlib.__version__.encode(),
                  _cpu_identity().encode()):
         key.update(part)
         key.update(b'\0')
-    return cache_dir() / f'{SOURCE.stem}-{key.hexdigest()[:16]}.so'
+    return cache_dir() / f'kernels-{key.hexdigest()[:16]}.so'
 
 
 def build() -> Path:
@@ -91,12 +98,12 @@ def build() -> Path:
             f'cannot write the kernel cache {target.parent} ({e}); point '
             '$RESNET_JAX_KERNEL_CACHE at a writable directory') from e
     os.close(fd)
-    command = [_compiler(), *FLAGS, f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', tmp]
+    command = [_compiler(), *FLAGS, f'-I{jax.ffi.include_dir()}', *map(str, SOURCES), '-o', tmp]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise KernelBuildError(
-                f'compiling {SOURCE.name} failed ({" ".join(command)}):\n'
+                f'compiling the kernels failed ({" ".join(command)}):\n'
                 f'{result.stderr[-3000:]}')
         os.replace(tmp, target)
     finally:
@@ -129,3 +136,19 @@ def load() -> None:
             raise KernelBuildError(f'cannot load the kernels just built at {path}: {e}') from e
     for name, handler in handlers.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
+
+
+def call(target: str, shapes: Sequence[Sequence[int]], *args: jax.Array,
+         **attributes: Any) -> list[jax.Array]:
+    """Calls the kernel `target` on float32 `args`; returns float32 arrays of `shapes`.
+
+    Inside `shard_map` the results live on the same mesh as the first argument and vary
+    over the same manual axes: each device's kernel computes its own share.
+    """
+    load()
+    operand = jax.typeof(args[0])
+    mesh = operand.sharding.mesh
+    results = [jax.ShapeDtypeStruct(
+        tuple(shape), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, P()),
+        manual_axis_type=operand.manual_axis_type) for shape in shapes]
+    return jax.ffi.ffi_call(target, results)(*args, **attributes)

@@ -1,0 +1,289 @@
+// Batch normalisation fused with what follows it in a ResNet (a residual addition, a ReLU),
+// for the CPU, called from XLA through its FFI.
+//
+// XLA:CPU runs each elementwise fusion on one thread and materialises x - mean for the
+// backward pass: the BatchNorm and ReLU passes of a CIFAR ResNet step took as long as its
+// convolutions. These make the fewest passes over memory a training BN needs, on every
+// core of XLA's intra-op pool. Activations are float32 [..., C] (C a multiple of 16),
+// viewed as M rows of C channels:
+//
+//   resnet_bn_stats        x -> [mean; var] over the rows (biased variance), [2, C]
+//   resnet_bn_apply        x, [a; b] -> y = act(x * a + b)            act: ReLU or identity
+//   resnet_bn_apply_add    x, [a; b], r -> y = act(x * a + b + r)
+//   resnet_bn_grad_stats   dy, y, x, mean -> [sum dz; sum dz * (x - mean)], [2, C]
+//   resnet_bn_grad_input   dy, y, x, [p; q; s; mean] -> dx = dz * p + (x - mean) * q + s
+//   resnet_bn_grad_input_dz  the same, and dz too (the residual's gradient)
+//
+// where dz = dy where y > 0 and 0 elsewhere with the ReLU (y: the forward output), else dy.
+// The caller turns these sums into the gradients (see batchnorm.py). Sums are taken in
+// float32 over fixed chunks of rows, of values centred near the mean, then in float64 over
+// the chunks in order: the result does not depend on the number of threads or on which
+// ran what.
+
+#include <cstdint>
+#include <vector>
+
+#include "parallel.h"
+
+namespace {
+
+using namespace resnet_jax;  // NOLINT: v16, Load, Store, ParallelFor, NumWorkers, ffi
+
+using vi16 = int32_t __attribute__((vector_size(64), aligned(4)));
+
+// Keeps v where keep is true (all bits set), 0 elsewhere.
+inline v16 Select(vi16 keep, v16 v) { return (v16)((vi16)v & keep); }
+
+// max(v, 0) that keeps NaN (as jax.nn.relu does), so that a diverged run shows as such.
+inline v16 Relu(v16 v) { return Select(~(vi16)(v < v16{}), v); }
+
+// Rows per chunk: about 16K floats, so that a chunk stays in L2 while each group of 16
+// channels is summed over it. Depends only on C: sums are the same on every machine.
+int64_t ChunkRows(int64_t C) { return std::max<int64_t>(1, 16384 / C); }
+
+struct Rows {
+  int64_t m, c;
+};
+
+// M rows of C channels; InvalidArgument unless C is a multiple of 16.
+ffi::ErrorOr<Rows> RowsOf(ffi::Span<const int64_t> dims) {
+  if (dims.size() == 0 || dims.back() % 16 != 0) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "batchnorm: needs float32 [..., C] activations, C a multiple of 16"));
+  }
+  int64_t m = 1;
+  for (size_t i = 0; i + 1 < dims.size(); ++i) m *= dims[i];
+  return Rows{m, dims.back()};
+}
+
+ffi::Error CheckSameShape(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b) {
+  if (a.size() != b.size() || !std::equal(a.begin(), a.end(), b.begin())) {
+    return ffi::Error::InvalidArgument("batchnorm: activations of different shapes");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckVectors(ffi::Span<const int64_t> dims, int64_t count, int64_t C) {
+  if (dims.size() != 2 || dims[0] != count || dims[1] != C) {
+    return ffi::Error::InvalidArgument("batchnorm: per-channel vectors of the wrong shape");
+  }
+  return ffi::Error::Success();
+}
+
+// Calls chunk_sums(row0, row1, sums) for every fixed chunk of rows, each into its own
+// 2*C float64 sums, and returns their total, added in chunk order.
+template <typename F>
+std::vector<double> ChunkedSums(ffi::ThreadPool& pool, Rows rows, F chunk_sums) {
+  const int64_t chunk_rows = ChunkRows(rows.c);
+  const int64_t chunks = std::max<int64_t>(1, (rows.m + chunk_rows - 1) / chunk_rows);
+  std::vector<double> partial(chunks * 2 * rows.c, 0.0);
+  ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
+    const int64_t r0 = chunk * chunk_rows, r1 = std::min(rows.m, r0 + chunk_rows);
+    chunk_sums(r0, r1, partial.data() + chunk * 2 * rows.c);
+  });
+  std::vector<double> total(2 * rows.c, 0.0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (int64_t i = 0; i < 2 * rows.c; ++i) total[i] += partial[chunk * 2 * rows.c + i];
+  }
+  return total;
+}
+
+void AddTo(double* sums, v16 v) {
+  for (int i = 0; i < 16; ++i) sums[i] += v[i];
+}
+
+// Runs body(row0, row1) over chunks of rows on every worker (elementwise passes).
+template <typename F>
+void ForRows(ffi::ThreadPool& pool, Rows rows, F body) {
+  const int64_t chunk_rows = ChunkRows(rows.c);
+  const int64_t chunks = std::max<int64_t>(1, (rows.m + chunk_rows - 1) / chunk_rows);
+  ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
+    const int64_t r0 = chunk * chunk_rows;
+    body(r0, std::min(rows.m, r0 + chunk_rows));
+  });
+}
+
+ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                 ffi::ResultBuffer<ffi::F32> stats) {
+  const auto rows = RowsOf(x.dimensions());
+  if (rows.has_error()) return rows.error();
+  const int64_t M = rows->m, C = rows->c;
+  if (ffi::Error e = CheckVectors(stats->dimensions(), 2, C); e.failure()) return e;
+  const float* xs = x.typed_data();
+  // Sums of x - shift, shift = the first row: near the mean, so that neither the float32
+  // sums nor E[d^2] - E[d]^2 lose the digits of a variance that is small beside the mean.
+  const float* shift = xs;
+  const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t r0, int64_t r1,
+                                                                 double* out) {
+    for (int64_t c = 0; c < C; c += 16) {
+      const v16 k = Load(shift + c);
+      v16 sum = {}, sum_sq = {};
+      for (int64_t r = r0; r < r1; ++r) {
+        const v16 d = Load(xs + r * C + c) - k;
+        sum += d;
+        sum_sq += d * d;
+      }
+      AddTo(out + c, sum);
+      AddTo(out + C + c, sum_sq);
+    }
+  });
+  float* out = stats->typed_data();
+  for (int64_t c = 0; c < C; ++c) {
+    const double mean_d = sums[c] / double(M);
+    out[c] = float(double(shift[c]) + mean_d);
+    out[C + c] = float(std::max(0.0, sums[C + c] / double(M) - mean_d * mean_d));
+  }
+  return ffi::Error::Success();
+}
+
+// y = act(x * a + b [+ residual]); residual may be null.
+ffi::Error Apply(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
+                 const ffi::Buffer<ffi::F32>& coef, const float* residual,
+                 ffi::ResultBuffer<ffi::F32>& y, bool relu) {
+  const auto rows = RowsOf(x.dimensions());
+  if (rows.has_error()) return rows.error();
+  const int64_t C = rows->c;
+  if (ffi::Error e = CheckVectors(coef.dimensions(), 2, C); e.failure()) return e;
+  if (ffi::Error e = CheckSameShape(x.dimensions(), y->dimensions()); e.failure()) return e;
+  const float *xs = x.typed_data(), *a = coef.typed_data(), *b = a + C;
+  float* ys = y->typed_data();
+  ForRows(pool, *rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < C; c += 16) {
+        const int64_t i = r * C + c;
+        v16 v = Load(xs + i) * Load(a + c) + Load(b + c);
+        if (residual != nullptr) v += Load(residual + i);
+        Store(ys + i, relu ? Relu(v) : v);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ApplyOnly(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> coef,
+                     ffi::ResultBuffer<ffi::F32> y, bool relu) {
+  return Apply(pool, x, coef, nullptr, y, relu);
+}
+
+ffi::Error ApplyAdd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> coef,
+                    ffi::Buffer<ffi::F32> residual, ffi::ResultBuffer<ffi::F32> y,
+                    bool relu) {
+  if (ffi::Error e = CheckSameShape(x.dimensions(), residual.dimensions()); e.failure()) {
+    return e;
+  }
+  return Apply(pool, x, coef, residual.typed_data(), y, relu);
+}
+
+// dz: dy where the forward output y is positive (with the ReLU), else dy.
+inline v16 OutputGrad(const float* dy, const float* y, int64_t i, bool relu) {
+  const v16 g = Load(dy + i);
+  return relu ? Select((vi16)(Load(y + i) > v16{}), g) : g;
+}
+
+ffi::Error CheckGradShapes(const ffi::Buffer<ffi::F32>& dy, const ffi::Buffer<ffi::F32>& y,
+                           const ffi::Buffer<ffi::F32>& x) {
+  if (ffi::Error e = CheckSameShape(dy.dimensions(), y.dimensions()); e.failure()) return e;
+  return CheckSameShape(dy.dimensions(), x.dimensions());
+}
+
+ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> y,
+                     ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
+                     ffi::ResultBuffer<ffi::F32> sums_out, bool relu) {
+  const auto rows = RowsOf(x.dimensions());
+  if (rows.has_error()) return rows.error();
+  const int64_t C = rows->c;
+  if (ffi::Error e = CheckGradShapes(dy, y, x); e.failure()) return e;
+  if (ffi::Error e = CheckVectors(sums_out->dimensions(), 2, C); e.failure()) return e;
+  if (mean.element_count() != size_t(C)) {
+    return ffi::Error::InvalidArgument("batchnorm: mean of the wrong size");
+  }
+  const float *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
+  const float* mu = mean.typed_data();
+  const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t r0, int64_t r1,
+                                                                 double* out) {
+    for (int64_t c = 0; c < C; c += 16) {
+      const v16 m = Load(mu + c);
+      v16 sum = {}, sum_centered = {};
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r * C + c;
+        const v16 dz = OutputGrad(gs, ys, i, relu);
+        sum += dz;
+        sum_centered += dz * (Load(xs + i) - m);
+      }
+      AddTo(out + c, sum);
+      AddTo(out + C + c, sum_centered);
+    }
+  });
+  float* out = sums_out->typed_data();
+  for (int64_t i = 0; i < 2 * C; ++i) out[i] = float(sums[i]);
+  return ffi::Error::Success();
+}
+
+// dx = dz * p + (x - mean) * q + s, and dz where dz_out is not null.
+ffi::Error GradInput(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& dy,
+                     const ffi::Buffer<ffi::F32>& y, const ffi::Buffer<ffi::F32>& x,
+                     const ffi::Buffer<ffi::F32>& coef, ffi::ResultBuffer<ffi::F32>& dx,
+                     float* dz_out, bool relu) {
+  const auto rows = RowsOf(x.dimensions());
+  if (rows.has_error()) return rows.error();
+  const int64_t C = rows->c;
+  if (ffi::Error e = CheckGradShapes(dy, y, x); e.failure()) return e;
+  if (ffi::Error e = CheckSameShape(x.dimensions(), dx->dimensions()); e.failure()) return e;
+  if (ffi::Error e = CheckVectors(coef.dimensions(), 4, C); e.failure()) return e;
+  const float *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
+  const float *p = coef.typed_data(), *q = p + C, *s = p + 2 * C, *mu = p + 3 * C;
+  float* dxs = dx->typed_data();
+  ForRows(pool, *rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < C; c += 16) {
+        const int64_t i = r * C + c;
+        const v16 dz = OutputGrad(gs, ys, i, relu);
+        Store(dxs + i, dz * Load(p + c) + (Load(xs + i) - Load(mu + c)) * Load(q + c) +
+                           Load(s + c));
+        if (dz_out != nullptr) Store(dz_out + i, dz);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GradInputOnly(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                         ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> x,
+                         ffi::Buffer<ffi::F32> coef, ffi::ResultBuffer<ffi::F32> dx,
+                         bool relu) {
+  return GradInput(pool, dy, y, x, coef, dx, nullptr, relu);
+}
+
+ffi::Error GradInputAndOutput(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                              ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> coef, ffi::ResultBuffer<ffi::F32> dx,
+                              ffi::ResultBuffer<ffi::F32> dz, bool relu) {
+  if (ffi::Error e = CheckSameShape(x.dimensions(), dz->dimensions()); e.failure()) return e;
+  return GradInput(pool, dy, y, x, coef, dx, dz->typed_data(), relu);
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Result = ffi::ResultBuffer<ffi::F32>;
+
+}  // namespace
+
+// Every handler takes XLA's intra-op pool; activations and vectors are float32 arrays.
+#define RESNET_BN_BINDING ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_stats, Stats,
+                              RESNET_BN_BINDING.Arg<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_apply, ApplyOnly,
+                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Ret<F32>().Attr<bool>(
+                                  "relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_apply_add, ApplyAdd,
+                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()
+                                  .Attr<bool>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_stats, GradStats,
+                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Attr<bool>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_input, GradInputOnly,
+                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Attr<bool>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_input_dz, GradInputAndOutput,
+                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<F32>().Ret<F32>().Attr<bool>("relu"));
