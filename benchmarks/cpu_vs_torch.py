@@ -11,15 +11,18 @@ noisy). It prints the median seconds per step of each and the ratio to PyTorch e
 (> 1: faster than torch eager).
 
 Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
-the XLA_FLAGS of the environment), `jax-2dev` (the same on 2 simulated CPU devices, data
+the XLA_FLAGS of the environment and, as `resnet_jax.main` on a CPU, malloc keeping freed
+memory: resnet_jax/host_memory.py), `jax-2dev` (the same on 2 simulated CPU devices, data
 parallel over the cores), a `-xla` or `-conv` suffix to either (the same with
-`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.kernels', or `'conv'`: the convolution
-kernels only), `torch`,
-`torch-compile`, and any `jax+NAME` defined with `--variant NAME='--xla_flag=value ...'`
-(extra XLA_FLAGS; for trying XLA options). A `/thp` suffix (e.g. `jax/thp`, `torch/thp`)
-starts that contender with GLIBC_TUNABLES=glibc.malloc.hugetlb=1: malloc backs its large
-blocks with transparent huge pages, so that buffers allocated afresh at every step fault
-in 2 MiB instead of 4 KiB pages.
+`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.kernels', or `'conv'`: the
+convolution kernels only), `torch`, `torch-compile`, and any `jax+NAME` defined with
+`--variant NAME='--xla_flag=value ...'` (extra XLA_FLAGS; for trying XLA options).
+Options after a slash change the worker's malloc: `/retain` (e.g. `torch/retain`) starts it
+with the environment variables that give glibc malloc the settings resnet_jax applies (one
+arena, no mmap, no trimming: freed memory is reused, not faulted in afresh); `/glibc`
+(`jax` only) leaves glibc's defaults; `/thp` starts it with
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (large blocks on transparent huge pages, faulted in
+2 MiB at a time).
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
 def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
            warmup: int, cpus: set[int] | None = None) -> None:
     """Builds one contender, then times a window per 'run' line read from stdin."""
-    kind = kind.partition('/')[0]  # options took effect in the environment
+    kind, _, options = kind.partition('/')  # thp and retain took effect in the environment
+    glibc_malloc = options == 'glibc'
     if cpus:
         # Before torch or jax start: both size their thread pools from the affinity mask.
         os.sched_setaffinity(0, cpus)
@@ -84,6 +88,10 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
         run, compile_s = _torch_worker(config_spec, batch_size, dtype, kind == 'torch-compile')
         block = lambda out: out  # noqa: E731 -- torch on the CPU is synchronous
     else:
+        from resnet_jax import host_memory
+
+        if not glibc_malloc:
+            host_memory.configure_for_cpu_training()  # as resnet_jax.main, before JAX starts
         import jax
 
         suffix = kind.rpartition('-')[2]
@@ -111,6 +119,9 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
 
 
 HUGE_PAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
+# glibc malloc keeping freed memory for reuse: one arena, no mmap, no trimming.
+RETAIN_MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
+                     'MALLOC_TRIM_THRESHOLD_': str(2**31 - 1)}
 
 
 def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
@@ -119,6 +130,8 @@ def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
     if options == 'thp':
         env['GLIBC_TUNABLES'] = ':'.join(filter(None, [env.get('GLIBC_TUNABLES'),
                                                        HUGE_PAGE_TUNABLE]))
+    elif options == 'retain':
+        env.update(RETAIN_MALLOC_ENV)
     flags = env.get('XLA_FLAGS', '')
     if kind.startswith('jax-2dev'):
         flags += ' --xla_force_host_platform_device_count=2'

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configs, in_memory, parallel, steps, summary, train_state
+from resnet_jax import configs, host_memory, in_memory, parallel, steps, summary, train_state
 from resnet_jax import train as training
 
 # Dense peak TFLOP/s by device_kind prefix and compute dtype (vendor datasheets, SXM parts).
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--peak-tflops', type=float,
                         help='peak of one device for the MFU (default: datasheet or measured)')
     parser.add_argument('--json', metavar='OUT', help='also write the figures to this file')
+    parser.add_argument('--keep-freed-memory', action=argparse.BooleanOptionalAction,
+                        default=True, help='on a CPU-only run, as resnet_jax.main\'s flag '
+                        '(resnet_jax/host_memory.py)')
     return parser
 
 
@@ -398,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; bad arguments or configs exit 2 with a message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    host_memory.configure_for_cpu_training(args.keep_freed_memory)  # before JAX starts
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error('--steps and --repeats must be positive, --warmup >= 0')
     try:
