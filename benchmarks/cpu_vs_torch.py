@@ -121,7 +121,7 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
 HUGE_PAGE_TUNABLE = 'glibc.malloc.hugetlb=1'
 # glibc malloc keeping freed memory for reuse: one arena, no mmap, no trimming.
 RETAIN_MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
-                     'MALLOC_TRIM_THRESHOLD_': str(2**31 - 1)}
+                     'MALLOC_TRIM_THRESHOLD_': str(2**62)}
 
 
 def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:

@@ -327,7 +327,6 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_nam
     from resnet_jax import models
     from resnet_jax.kernels import choice
 
-    kernels = choice.for_platform(config.cpu_kernels, jax.default_backend())
     return models.create_model(
         config.model.name,
         num_classes=num_classes,
@@ -338,6 +337,5 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_nam
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=bn_axis_name,
-        conv_general_dilated=kernels.conv_general_dilated,
-        fused_batch_norm=kernels.fused_batch_norm,
+        cpu_kernels=choice.for_platform(config.cpu_kernels, jax.default_backend()),
     )

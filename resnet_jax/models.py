@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.batch_norm import BatchNorm
+from resnet_jax.kernels.choice import XLA_OPS, CpuKernels
 
 BLOCKS = ('basic', 'bottleneck')
 STEMS = ('imagenet', 'cifar')
@@ -185,10 +186,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
-    # What computes the kxk convolutions: lax's, or kernels.conv's on the CPU (same math).
-    conv_general_dilated: Callable = jax.lax.conv_general_dilated
-    # BatchNorm, residual addition and ReLU in kernels.batchnorm's CPU kernels (same math).
-    fused_batch_norm: bool = False
+    # What computes the kxk convolutions, the BatchNorms and the max pooling: XLA's ops, or
+    # resnet_jax.kernels' on a CPU (the same math; see kernels.choice).
+    cpu_kernels: CpuKernels = XLA_OPS
 
     def _check(self) -> None:
         _check_choice('block', self.block, BLOCKS)
@@ -207,7 +207,7 @@ class ResNet(nn.Module):
         self._check()
         norm = functools.partial(
             BatchNorm,
-            kernels=self.fused_batch_norm,
+            kernels=self.cpu_kernels.fused_batch_norm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -218,10 +218,10 @@ class ResNet(nn.Module):
         kernel, stride, max_pool = _STEMS[self.stem]
         x = jnp.asarray(x, self.dtype)
         x = _conv(self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv',
-                  self.conv_general_dilated)(x)
+                  self.cpu_kernels.conv_general_dilated)(x)
         x = norm(name='stem_bn')(x, relu=True)
         if max_pool:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = self.cpu_kernels.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         stages = {'stem': x}
 
         block_cls = _BLOCK_CLASSES[self.block]
@@ -236,7 +236,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     norm=norm,
-                    conv_general_dilated=self.conv_general_dilated,
+                    conv_general_dilated=self.cpu_kernels.conv_general_dilated,
                     name=f'stage{i}_block{j}',
                 )(x)
             stages[f'stage{i}'] = x
@@ -307,8 +307,7 @@ def create_model(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     bn_axis_name: str | None = None,
-    conv_general_dilated: Callable = jax.lax.conv_general_dilated,
-    fused_batch_norm: bool = False,
+    cpu_kernels: CpuKernels = XLA_OPS,
 ) -> ResNet:
     """The ResNet called `name` (one of MODEL_NAMES).
 
@@ -339,8 +338,7 @@ def create_model(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         bn_axis_name=bn_axis_name,
-        conv_general_dilated=conv_general_dilated,
-        fused_batch_norm=fused_batch_norm,
+        cpu_kernels=cpu_kernels,
     )
     model._check()  # fail here, not at the first trace
     return model

@@ -16,7 +16,7 @@ from jax import lax
 from test_train import tiny_config
 
 from resnet_jax import benchmark, configs
-from resnet_jax.kernels import choice, conv, native
+from resnet_jax.kernels import choice, conv, native, pooling
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -114,10 +114,9 @@ def test_xla_choice_and_other_platforms_use_xla():
     for xla in (choice.for_platform('xla', 'cpu'), choice.for_platform('auto', 'gpu')):
         assert xla.conv_general_dilated is lax.conv_general_dilated
         assert not xla.fused_batch_norm
-    assert choice.for_platform('auto', 'cpu') == choice.CpuKernels(conv.conv_general_dilated,
-                                                                   fused_batch_norm=True)
-    assert choice.for_platform('conv', 'cpu') == choice.CpuKernels(conv.conv_general_dilated,
-                                                                   fused_batch_norm=False)
+    assert choice.for_platform('auto', 'cpu') == choice.CpuKernels(
+        conv.conv_general_dilated, fused_batch_norm=True, max_pool=pooling.max_pool)
+    assert choice.for_platform('conv', 'cpu') == choice.CpuKernels(conv.conv_general_dilated)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:

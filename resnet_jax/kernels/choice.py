@@ -4,22 +4,30 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+import flax.linen as nn
 from jax import lax
 
-from resnet_jax.kernels import conv, native
+from resnet_jax.kernels import conv, native, pooling
 
-# 'auto': on a CPU backend, the convolutions and the BatchNorm/residual/ReLU ops in the
-# kernels (XLA's where the kernels cannot be built, with a warning); elsewhere XLA's.
+# 'auto': on a CPU backend, the convolutions, the BatchNorm/residual/ReLU ops and the max
+# pooling in the kernels (XLA's where the kernels cannot be built, with a warning);
+# elsewhere XLA's.
 # 'conv': the convolution kernels only. 'xla': XLA's everywhere.
 CHOICES = ('auto', 'conv', 'xla')
 
 
 @dataclasses.dataclass(frozen=True)
 class CpuKernels:
-    """What the model's layers are computed with (see `models.create_model`)."""
+    """What computes a model's kxk convolutions (lax's signature), BatchNorms (with the
+    residual addition and ReLU after them: `batch_norm.BatchNorm(kernels=...)`) and max
+    pooling (flax's signature). The defaults are XLA's ops."""
 
     conv_general_dilated: Callable = lax.conv_general_dilated
     fused_batch_norm: bool = False
+    max_pool: Callable = nn.max_pool
+
+
+XLA_OPS = CpuKernels()
 
 
 def for_platform(choice: str, platform: str) -> CpuKernels:
@@ -27,10 +35,13 @@ def for_platform(choice: str, platform: str) -> CpuKernels:
     if choice not in CHOICES:
         raise ValueError(f'cpu_kernels={choice!r}: choose one of {CHOICES}')
     if choice == 'xla' or platform != 'cpu':
-        return CpuKernels()
+        return XLA_OPS
     try:
         native.load()
     except native.KernelBuildError as e:
         logging.warning('CPU kernels unavailable, using XLA\'s ops (slower): %s', e)
-        return CpuKernels()
-    return CpuKernels(conv.conv_general_dilated, fused_batch_norm=choice == 'auto')
+        return XLA_OPS
+    if choice == 'conv':
+        return CpuKernels(conv.conv_general_dilated)
+    return CpuKernels(conv.conv_general_dilated, fused_batch_norm=True,
+                      max_pool=pooling.max_pool)

@@ -24,11 +24,12 @@ import jaxlib
 from jax.sharding import PartitionSpec as P
 
 _HERE = Path(__file__).parent
-SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc')
+SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc', _HERE / 'pooling.cc')
 HEADERS = (_HERE / 'parallel.h',)
 TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_bn_stats',
            'resnet_bn_apply', 'resnet_bn_apply_add', 'resnet_bn_grad_stats',
-           'resnet_bn_grad_input', 'resnet_bn_grad_input_dz')
+           'resnet_bn_grad_input', 'resnet_bn_grad_input_dz', 'resnet_max_pool_forward',
+           'resnet_max_pool_backward')
 FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 
 

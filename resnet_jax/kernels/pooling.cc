@@ -1,0 +1,150 @@
+// Max pooling for the CPU, called from XLA through its FFI: the 3x3/2 pooling after the
+// ImageNet ResNets' stem, its largest activation.
+//
+//   resnet_max_pool_forward   y[n,h,w,c] = max over the window of x (padding: -inf)
+//   resnet_max_pool_backward  dx: each dy[n,h,w,c] added at the first maximum of its window
+//
+// for NHWC float32 with C a multiple of 16, square windows of `window` pixels, `stride`,
+// `padding` pixels on every side (output side (H + 2 padding - window) / stride + 1). The
+// first maximum in row-major window order is the one XLA's gradient of reduce_window picks
+// too, so the two agree on ties (frequent after a ReLU). A NaN counts as the maximum, as in
+// XLA's forward pass, so that a diverged run shows. XLA:CPU computes this gradient by
+// materialising window indices (iota) of the whole padded input and a scatter: about a
+// twentieth of a ResNet-50 step on a 2-core CPU.
+
+#include <cstdint>
+#include <cstring>
+
+#include "parallel.h"
+
+namespace {
+
+using namespace resnet_jax;  // NOLINT: v16, Load, Store, ParallelFor, NumWorkers, ffi
+
+using vi16 = int32_t __attribute__((vector_size(64), aligned(4)));
+
+struct Pool {
+  int64_t n, h, w, c, ho, wo, window, stride, padding;
+
+  // The window rows (or columns) [first, last) of output position `o` inside [0, size).
+  void Span(int64_t o, int64_t size, int64_t& first, int64_t& last) const {
+    first = std::max<int64_t>(0, o * stride - padding);
+    last = std::min<int64_t>(size, o * stride - padding + window);
+  }
+};
+
+ffi::ErrorOr<Pool> PoolOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y,
+                          int64_t window, int64_t stride, int64_t padding) {
+  const auto out = [&](int64_t side) { return (side + 2 * padding - window) / stride + 1; };
+  if (x.size() != 4 || y.size() != 4 || x[3] % 16 != 0 || window < 1 || stride < 1 ||
+      padding < 0 || padding >= window || y[0] != x[0] || y[3] != x[3] || y[1] != out(x[1]) ||
+      y[2] != out(x[2]) || y[1] < 1 || y[2] < 1) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "max_pool: needs NHWC float32 with a multiple of 16 channels, padding < window, "
+        "and matching output shapes"));
+  }
+  return Pool{x[0], x[1], x[2], x[3], y[1], y[2], window, stride, padding};
+}
+
+// Keeps the running maximum and the window position it came from: a later value replaces
+// it only if strictly greater, or NaN (where the maximum so far is not).
+inline void Consider(v16 v, int32_t position, v16& best, vi16& where) {
+  const vi16 take = (vi16)(v > best) | ((vi16)(v != v) & ~(vi16)(best != best));
+  best = (v16)(((vi16)v & take) | ((vi16)best & ~take));
+  where = (position & take) | (where & ~take);
+}
+
+// Calls body(ow, c, best, where, h0, h1, w0, w1) for every window of output row oh of image
+// x ([H, W, C]) and every 16 channels from c: the maximum over the window and where it is
+// (as h * W + w); the window's rows are [h0, h1) and its columns [w0, w1).
+template <typename F>
+void ForRowWindows(const float* x, const Pool& p, int64_t oh, F body) {
+  int64_t h0, h1;
+  p.Span(oh, p.h, h0, h1);
+  for (int64_t ow = 0; ow < p.wo; ++ow) {
+    int64_t w0, w1;
+    p.Span(ow, p.w, w0, w1);
+    for (int64_t c = 0; c < p.c; c += 16) {
+      v16 best = v16{} - __builtin_inff();
+      vi16 where = {};
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t w = w0; w < w1; ++w) {
+          Consider(Load(x + (h * p.w + w) * p.c + c), int32_t(h * p.w + w), best, where);
+        }
+      }
+      body(ow, c, best, where, h0, h1, w0, w1);
+    }
+  }
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t window, int64_t stride, int64_t padding) {
+  const auto p = PoolOf(x.dimensions(), y->dimensions(), window, stride, padding);
+  if (p.has_error()) return p.error();
+  const float* xs = x.typed_data();
+  float* ys = y->typed_data();
+  const int64_t rows = p->n * p->ho;
+  ParallelFor(pool, rows, NumWorkers(pool, rows), [&](int64_t row) {
+    const int64_t n = row / p->ho, oh = row % p->ho;
+    float* out = ys + (n * p->ho + oh) * p->wo * p->c;
+    ForRowWindows(xs + n * p->h * p->w * p->c, *p, oh,
+                  [&](int64_t ow, int64_t c, v16 best, vi16, int64_t, int64_t, int64_t,
+                      int64_t) { Store(out + ow * p->c + c, best); });
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                    ffi::ResultBuffer<ffi::F32> dx, int64_t window, int64_t stride,
+                    int64_t padding) {
+  const auto p = PoolOf(x.dimensions(), dy.dimensions(), window, stride, padding);
+  if (p.has_error()) return p.error();
+  const auto xd = x.dimensions(), dxd = dx->dimensions();
+  if (!std::equal(xd.begin(), xd.end(), dxd.begin(), dxd.end())) {
+    return ffi::Error::InvalidArgument("max_pool: the input gradient must have x's shape");
+  }
+  const float *xs = x.typed_data(), *gs = dy.typed_data();
+  float* dxs = dx->typed_data();
+  // One task per image: windows overlap, so an image's dx is written by one thread only.
+  ParallelFor(pool, p->n, NumWorkers(pool, p->n), [&](int64_t n) {
+    const int64_t image = p->h * p->w * p->c;
+    const float* xi = xs + n * image;
+    float* dxi = dxs + n * image;
+    std::memset(dxi, 0, image * sizeof(float));
+    for (int64_t oh = 0; oh < p->ho; ++oh) {
+      const float* g_row = gs + (n * p->ho + oh) * p->wo * p->c;
+      ForRowWindows(xi, *p, oh, [&](int64_t ow, int64_t c, v16, vi16 where, int64_t h0,
+                                    int64_t h1, int64_t w0, int64_t w1) {
+        const v16 g = Load(g_row + ow * p->c + c);
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t w = w0; w < w1; ++w) {
+            float* d = dxi + (h * p->w + w) * p->c + c;
+            Store(d, Load(d) + (v16)((vi16)g & (where == int32_t(h * p->w + w))));
+          }
+        }
+      });
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_max_pool_forward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window")
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_max_pool_backward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("window")
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("padding"));
