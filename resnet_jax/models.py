@@ -47,6 +47,8 @@ class PointwiseConv(nn.Conv):
     matrix products need.
     """
 
+    dot_general: Callable = jax.lax.dot_general  # lax's, or kernels.conv's on the CPU
+
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         kernel = self.param('kernel', self.kernel_init,
@@ -54,21 +56,25 @@ class PointwiseConv(nn.Conv):
         stride_h, stride_w = self.strides
         x = inputs[:, ::stride_h, ::stride_w, :]
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())),
-                                   precision=self.precision)
+        return self.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())),
+                                precision=self.precision)
 
 
 def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
-          conv_general_dilated: Callable = jax.lax.conv_general_dilated) -> nn.Conv:
+          cpu_kernels: CpuKernels = XLA_OPS) -> nn.Conv:
     """A kxk convolution without bias (BN follows) and torchvision's symmetric padding k//2.
 
     With that padding a stride-s layer maps a side H to ceil(H/s), as the subsampling of
     shortcut A does, so both paths of a block always agree in shape. 1x1 convolutions are
     `PointwiseConv`s: the same layer, computed as a matrix product; the others are computed
-    by `conv_general_dilated` (lax's, or `kernels.conv`'s on the CPU).
+    by `conv_general_dilated`. Both come from `cpu_kernels` (XLA's, or the CPU kernels').
     """
     pad = kernel // 2
-    conv_cls = PointwiseConv if kernel == 1 else nn.Conv
+    if kernel == 1:
+        conv_cls = functools.partial(PointwiseConv, dot_general=cpu_kernels.dot_general)
+    else:
+        conv_cls = functools.partial(nn.Conv,
+                                     conv_general_dilated=cpu_kernels.conv_general_dilated)
     return conv_cls(
         features,
         (kernel, kernel),
@@ -78,13 +84,13 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=he_normal,
-        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
 
 def _shortcut(
-    x: jax.Array, features: int, strides: int, kind: str, dtype: Any, norm: Callable
+    x: jax.Array, features: int, strides: int, kind: str, dtype: Any, norm: Callable,
+    cpu_kernels: CpuKernels,
 ) -> jax.Array | None:
     """The skip path of a block: identity, zero-padded identity (A), projection (B, C), or
     None for a plain block (shortcut 'none')."""
@@ -92,7 +98,7 @@ def _shortcut(
         return None
     changes_shape = strides != 1 or x.shape[-1] != features
     if kind == 'C' or (kind == 'B' and changes_shape):
-        x = _conv(features, 1, strides, dtype, 'shortcut_conv')(x)
+        x = _conv(features, 1, strides, dtype, 'shortcut_conv', cpu_kernels)(x)
         return norm(name='shortcut_bn')(x)
     if kind == 'A' and changes_shape:
         if x.shape[-1] > features:
@@ -113,19 +119,19 @@ class _Block(nn.Module):
     zero_init_residual: bool
     dtype: Any
     norm: Callable
-    conv_general_dilated: Callable
+    cpu_kernels: CpuKernels
 
     expansion: ClassVar[int]
 
     def _conv3x3(self, strides: int, name: str) -> nn.Conv:
-        return _conv(self.width, 3, strides, self.dtype, name, self.conv_general_dilated)
+        return _conv(self.width, 3, strides, self.dtype, name, self.cpu_kernels)
 
     def _merge(self, x: jax.Array, branch: jax.Array, bn_name: str) -> jax.Array:
         """The branch's last BN, the addition of the shortcut and the ReLU after it (v1
         post-activation); plain blocks have no addition. A zero scale of that BN
         (`zero_init_residual`) makes the block start as its shortcut."""
         skip = _shortcut(x, self.width * self.expansion, self.strides, self.shortcut,
-                         self.dtype, self.norm)
+                         self.dtype, self.norm, self.cpu_kernels)
         init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         return self.norm(scale_init=init, name=bn_name)(branch, skip, relu=True)
 
@@ -151,11 +157,11 @@ class BottleneckBlock(_Block):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s1, s2 = (self.strides, 1) if self.variant == 'v1' else (1, self.strides)
-        y = _conv(self.width, 1, s1, self.dtype, 'conv1')(x)
+        y = _conv(self.width, 1, s1, self.dtype, 'conv1', self.cpu_kernels)(x)
         y = self.norm(name='bn1')(y, relu=True)
         y = self._conv3x3(s2, 'conv2')(y)
         y = self.norm(name='bn2')(y, relu=True)
-        y = _conv(self.width * self.expansion, 1, 1, self.dtype, 'conv3')(y)
+        y = _conv(self.width * self.expansion, 1, 1, self.dtype, 'conv3', self.cpu_kernels)(y)
         return self._merge(x, y, 'bn3')
 
 
@@ -218,7 +224,7 @@ class ResNet(nn.Module):
         kernel, stride, max_pool = _STEMS[self.stem]
         x = jnp.asarray(x, self.dtype)
         x = _conv(self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv',
-                  self.cpu_kernels.conv_general_dilated)(x)
+                  self.cpu_kernels)(x)
         x = norm(name='stem_bn')(x, relu=True)
         if max_pool:
             x = self.cpu_kernels.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -236,7 +242,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     norm=norm,
-                    conv_general_dilated=self.cpu_kernels.conv_general_dilated,
+                    cpu_kernels=self.cpu_kernels,
                     name=f'stage{i}_block{j}',
                 )(x)
             stages[f'stage{i}'] = x

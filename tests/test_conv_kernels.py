@@ -3,6 +3,7 @@ forward, input gradient and weight gradient, alone, in a model and in the data-p
 train step; everything they do not cover goes to lax; the build is cached and its failure
 falls back to XLA."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -114,9 +115,10 @@ def test_xla_choice_and_other_platforms_use_xla():
     for xla in (choice.for_platform('xla', 'cpu'), choice.for_platform('auto', 'gpu')):
         assert xla.conv_general_dilated is lax.conv_general_dilated
         assert not xla.fused_batch_norm
-    assert choice.for_platform('auto', 'cpu') == choice.CpuKernels(
-        conv.conv_general_dilated, fused_batch_norm=True, max_pool=pooling.max_pool)
-    assert choice.for_platform('conv', 'cpu') == choice.CpuKernels(conv.conv_general_dilated)
+    convolutions = choice.CpuKernels(conv.conv_general_dilated, conv.dot_general)
+    assert choice.for_platform('conv', 'cpu') == convolutions
+    assert choice.for_platform('auto', 'cpu') == dataclasses.replace(
+        convolutions, fused_batch_norm=True, max_pool=pooling.max_pool)
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -221,3 +223,29 @@ def test_weight_gradient_repeats_bit_for_bit():
     result = _run(REPEATED_WEIGHT_GRADS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == 'True'
+
+
+@pytest.mark.parametrize('shape, features', [((4, 6, 5, 24), 32), ((2, 3, 3, 3), 16)])
+def test_pointwise_weight_gradient_matches_lax(shape, features):
+    """1x1 convolutions (matrix products over the channels) take their weight gradient
+    from the kernels; values and input gradient are XLA's."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    kernel = jax.random.normal(jax.random.key(1), (shape[-1], features))
+    numbers = (((3,), (0,)), ((), ()))
+    y, vjp = jax.vjp(lambda x, k: conv.dot_general(x, k, numbers), x, kernel)
+    want_y, want_vjp = jax.vjp(lambda x, k: lax.dot_general(x, k, numbers), x, kernel)
+    dy = jax.random.normal(jax.random.key(2), y.shape)
+    assert 'ffi_call' in str(jax.make_jaxpr(lambda x, k: jax.vjp(
+        lambda k: conv.dot_general(x, k, numbers), k)[1](dy))(x, kernel))
+    for got, want in zip((y, *vjp(dy)), (want_y, *want_vjp(dy)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(jnp.abs(want).max()))
+
+
+def test_other_matrix_products_go_to_lax():
+    numbers = (((3,), (0,)), ((), ()))
+    for x, kernel in ((jnp.ones((2, 3, 3, 8)), jnp.ones((8, 8))),  # 8 outputs
+                      (jnp.ones((2, 3, 3, 8), jnp.bfloat16), jnp.ones((8, 16), jnp.bfloat16)),
+                      (jnp.ones((6, 8)), jnp.ones((8, 16)))):  # not a feature map
+        jaxpr = str(jax.make_jaxpr(lambda x, k: conv.dot_general(
+            x, k, numbers if x.ndim == 4 else (((1,), (0,)), ((), ()))))(x, kernel))
+        assert 'custom_vjp' not in jaxpr and 'dot_general' in jaxpr

@@ -18,11 +18,12 @@ CHOICES = ('auto', 'conv', 'xla')
 
 @dataclasses.dataclass(frozen=True)
 class CpuKernels:
-    """What computes a model's kxk convolutions (lax's signature), BatchNorms (with the
+    """What computes a model's kxk and 1x1 convolutions (lax's signatures), BatchNorms (with the
     residual addition and ReLU after them: `batch_norm.BatchNorm(kernels=...)`) and max
     pooling (flax's signature). The defaults are XLA's ops."""
 
     conv_general_dilated: Callable = lax.conv_general_dilated
+    dot_general: Callable = lax.dot_general  # the 1x1 convolutions' (lax's signature)
     fused_batch_norm: bool = False
     max_pool: Callable = nn.max_pool
 
@@ -41,7 +42,7 @@ def for_platform(choice: str, platform: str) -> CpuKernels:
     except native.KernelBuildError as e:
         logging.warning('CPU kernels unavailable, using XLA\'s ops (slower): %s', e)
         return XLA_OPS
+    convolutions = CpuKernels(conv.conv_general_dilated, conv.dot_general)
     if choice == 'conv':
-        return CpuKernels(conv.conv_general_dilated)
-    return CpuKernels(conv.conv_general_dilated, fused_batch_norm=True,
-                      max_pool=pooling.max_pool)
+        return convolutions
+    return dataclasses.replace(convolutions, fused_batch_norm=True, max_pool=pooling.max_pool)
