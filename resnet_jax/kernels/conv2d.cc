@@ -57,10 +57,11 @@ void FillSlab(const float* x, int64_t H, int64_t W, int64_t C, int64_t r0, int64
 // One output row of width W (its K input rows start at `slab`), columns in blocks of WB,
 // output channels [o0, o0 + 16 * NO): the WB x NO accumulators stay in registers over all
 // K*K*C products.
-template <int WB, int NO>
-void ForwardRow(const float* slab, int64_t slab_cols, int64_t K, int64_t stride, int64_t C,
-                int64_t O, const float* kernel, int64_t W, float* out, int64_t o0) {
-  const int64_t step = stride * C;  // from one output column's inputs to the next's
+template <int WB, int NO, int STEP>
+void ForwardRowWithStep(const float* slab, int64_t slab_cols, int64_t K, int64_t stride,
+                        int64_t C, int64_t O, const float* kernel, int64_t W, float* out,
+                        int64_t o0) {
+  const int64_t step = STEP > 0 ? STEP : stride * C;
   for (int64_t w0 = 0; w0 < W; w0 += WB) {
     v16 acc[WB][NO] = {};
     for (int64_t i = 0; i < K; ++i) {
@@ -81,6 +82,25 @@ void ForwardRow(const float* slab, int64_t slab_cols, int64_t K, int64_t stride,
     for (int64_t p = 0; p < valid; ++p) {
       for (int q = 0; q < NO; ++q) Store(out + (w0 + p) * O + o0 + 16 * q, acc[p][q]);
     }
+  }
+}
+
+// The step from one output column's inputs to the next's, stride * C, as a constant where
+// it is small: the WB inputs of a column block are then one base address and constant
+// offsets, instead of WB address registers (x86 has 16).
+template <int WB, int NO>
+void ForwardRow(const float* slab, int64_t slab_cols, int64_t K, int64_t stride, int64_t C,
+                int64_t O, const float* kernel, int64_t W, float* out, int64_t o0) {
+  switch (stride * C) {
+    case 16:
+      return ForwardRowWithStep<WB, NO, 16>(slab, slab_cols, K, stride, C, O, kernel, W, out, o0);
+    case 32:
+      return ForwardRowWithStep<WB, NO, 32>(slab, slab_cols, K, stride, C, O, kernel, W, out, o0);
+    case 64:
+      return ForwardRowWithStep<WB, NO, 64>(slab, slab_cols, K, stride, C, O, kernel, W, out, o0);
+    default:
+      return ForwardRowWithStep<WB, NO, -1>(slab, slab_cols, K, stride, C, O, kernel, W, out,
+                                            o0);
   }
 }
 
