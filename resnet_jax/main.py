@@ -35,7 +35,7 @@ flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
 flags.DEFINE_integer(
     'cpu_devices', 0,
     'Split each CPU into this many JAX devices (0: one), data parallel over its cores: on '
-    'a 2-core CPU x0.96 to x1.13 with the CPU kernels (README, "Performance"); each '
+    'a 2-core CPU x0.85 to x1.13 with the CPU kernels (README, "Performance"); each '
     'normalises its own share of the batch, as GPUs would, unless '
     '--config.sync_batch_norm=True.')
 flags.DEFINE_bool(
