@@ -4,6 +4,7 @@ Speed itself is not tested here (see DESIGN.md: speed belongs in benchmarks that
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -127,3 +128,16 @@ def _has_torch() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_gpu_benchmark_script_runs_small_on_a_cpu(tmp_path):
+    """benchmarks/gpu_benchmark.sh with SMALL=1: every JAX case of the GPU run, shrunk, on
+    the CPU, each writing its figures (the script runs on a GPU only when one is at hand)."""
+    env = {**os.environ, 'SMALL': '1', 'SKIP_F32': '1', 'OUTPUT': str(tmp_path),
+           'PATH': f'{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
+    done = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_benchmark.sh')], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for case in ('r50_bf16', 'cifar_r20'):
+        result = json.loads((tmp_path / f'{case}.json').read_text())
+        assert result['train_images_per_s'] > 0 and result['eval_images_per_s'] > 0
