@@ -21,6 +21,7 @@
 // ran what.
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "parallel.h"
@@ -70,29 +71,7 @@ ffi::Error CheckVectors(ffi::Span<const int64_t> dims, int64_t count, int64_t C)
   return ffi::Error::Success();
 }
 
-// Calls chunk_sums(row0, row1, sums) for every fixed chunk of rows, each into its own
-// 2*C float64 sums, and returns their total, added in chunk order.
-template <typename F>
-std::vector<double> ChunkedSums(ffi::ThreadPool& pool, Rows rows, F chunk_sums) {
-  const int64_t chunk_rows = ChunkRows(rows.c);
-  const int64_t chunks = std::max<int64_t>(1, (rows.m + chunk_rows - 1) / chunk_rows);
-  std::vector<double> partial(chunks * 2 * rows.c, 0.0);
-  ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
-    const int64_t r0 = chunk * chunk_rows, r1 = std::min(rows.m, r0 + chunk_rows);
-    chunk_sums(r0, r1, partial.data() + chunk * 2 * rows.c);
-  });
-  std::vector<double> total(2 * rows.c, 0.0);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    for (int64_t i = 0; i < 2 * rows.c; ++i) total[i] += partial[chunk * 2 * rows.c + i];
-  }
-  return total;
-}
-
-void AddTo(double* sums, v16 v) {
-  for (int i = 0; i < 16; ++i) sums[i] += v[i];
-}
-
-// Runs body(row0, row1) over chunks of rows on every worker (elementwise passes).
+// Runs body(row0, row1) over fixed chunks of rows on every worker.
 template <typename F>
 void ForRows(ffi::ThreadPool& pool, Rows rows, F body) {
   const int64_t chunk_rows = ChunkRows(rows.c);
@@ -101,6 +80,36 @@ void ForRows(ffi::ThreadPool& pool, Rows rows, F body) {
     const int64_t r0 = chunk * chunk_rows;
     body(r0, std::min(rows.m, r0 + chunk_rows));
   });
+}
+
+// Per channel, [sum u; sum u * v] over all rows, where (u, v) = terms(i, c) for element
+// i = r * C + c of each 16 channels from c: float32 within each chunk of rows, float64
+// over the chunks, added in chunk order.
+template <typename F>
+std::vector<double> ChunkedSums(ffi::ThreadPool& pool, Rows rows, F terms) {
+  const int64_t C = rows.c, chunk_rows = ChunkRows(C);
+  const int64_t chunks = std::max<int64_t>(1, (rows.m + chunk_rows - 1) / chunk_rows);
+  std::vector<double> partial(chunks * 2 * C, 0.0);
+  ForRows(pool, rows, [&](int64_t r0, int64_t r1) {
+    double* out = partial.data() + (r0 / chunk_rows) * 2 * C;
+    for (int64_t c = 0; c < C; c += 16) {
+      v16 sum = {}, sum_product = {};
+      for (int64_t r = r0; r < r1; ++r) {
+        const auto [u, v] = terms(r * C + c, c);
+        sum += u;
+        sum_product += u * v;
+      }
+      for (int k = 0; k < 16; ++k) {
+        out[c + k] += sum[k];
+        out[C + c + k] += sum_product[k];
+      }
+    }
+  });
+  std::vector<double> total(2 * C, 0.0);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    for (int64_t i = 0; i < 2 * C; ++i) total[i] += partial[chunk * 2 * C + i];
+  }
+  return total;
 }
 
 ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -113,19 +122,9 @@ ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   // Sums of x - shift, shift = the first row: near the mean, so that neither the float32
   // sums nor E[d^2] - E[d]^2 lose the digits of a variance that is small beside the mean.
   const float* shift = xs;
-  const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t r0, int64_t r1,
-                                                                 double* out) {
-    for (int64_t c = 0; c < C; c += 16) {
-      const v16 k = Load(shift + c);
-      v16 sum = {}, sum_sq = {};
-      for (int64_t r = r0; r < r1; ++r) {
-        const v16 d = Load(xs + r * C + c) - k;
-        sum += d;
-        sum_sq += d * d;
-      }
-      AddTo(out + c, sum);
-      AddTo(out + C + c, sum_sq);
-    }
+  const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t i, int64_t c) {
+    const v16 d = Load(xs + i) - Load(shift + c);
+    return std::pair(d, d);
   });
   float* out = stats->typed_data();
   for (int64_t c = 0; c < C; ++c) {
@@ -199,20 +198,8 @@ ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   }
   const float *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
   const float* mu = mean.typed_data();
-  const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t r0, int64_t r1,
-                                                                 double* out) {
-    for (int64_t c = 0; c < C; c += 16) {
-      const v16 m = Load(mu + c);
-      v16 sum = {}, sum_centered = {};
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i = r * C + c;
-        const v16 dz = OutputGrad(gs, ys, i, relu);
-        sum += dz;
-        sum_centered += dz * (Load(xs + i) - m);
-      }
-      AddTo(out + c, sum);
-      AddTo(out + C + c, sum_centered);
-    }
+  const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t i, int64_t c) {
+    return std::pair(OutputGrad(gs, ys, i, relu), Load(xs + i) - Load(mu + c));
   });
   float* out = sums_out->typed_data();
   for (int64_t i = 0; i < 2 * C; ++i) out[i] = float(sums[i]);

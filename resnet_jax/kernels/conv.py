@@ -134,8 +134,7 @@ def _pointwise_fwd(x, kernel):
 def _pointwise_bwd(residuals, dy):
     x, kernel = residuals
     input_grad = lax.dot_general(dy, kernel, (((3,), (1,)), ((), ())))
-    (kernel_grad,) = native.call('resnet_conv2d_weight_grad', [(1, 1, *kernel.shape)], x, dy,
-                                 stride=np.int64(1))
+    kernel_grad = _call('resnet_conv2d_weight_grad', (1, 1, *kernel.shape), x, dy, 1)
     return input_grad, kernel_grad[0, 0]
 
 
