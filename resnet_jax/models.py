@@ -192,7 +192,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
-    # What computes the kxk convolutions, the BatchNorms and the max pooling: XLA's ops, or
+    # What computes the convolutions, the BatchNorms and the max pooling: XLA's ops, or
     # resnet_jax.kernels' on a CPU (the same math; see kernels.choice).
     cpu_kernels: CpuKernels = XLA_OPS
 
