@@ -12,9 +12,9 @@ noisy). It prints the median seconds per step of each and the ratio to PyTorch e
 
 Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
 the XLA_FLAGS of the environment and, as `resnet_jax.main` on a CPU, malloc keeping freed
-memory: resnet_jax/host_memory.py), `jax-2dev` (the same on 2 simulated CPU devices, data
+memory: resnet_jax/cpu/host_memory.py), `jax-2dev` (the same on 2 simulated CPU devices, data
 parallel over the cores), a `-xla` or `-conv` suffix to either (the same with
-`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.kernels', or `'conv'`: the
+`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.cpu.kernels', or `'conv'`: the
 convolution kernels only), `torch`, `torch-compile`, and any `jax+NAME` defined with
 `--variant NAME='--xla_flag=value ...'` (extra XLA_FLAGS; for trying XLA options).
 Options after a slash change the worker's malloc: `/retain` (e.g. `torch/retain`) starts it
@@ -88,10 +88,10 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
         run, compile_s = _torch_worker(config_spec, batch_size, dtype, kind == 'torch-compile')
         block = lambda out: out  # noqa: E731 -- torch on the CPU is synchronous
     else:
-        from resnet_jax import host_memory
+        from resnet_jax import backend
 
         if not glibc_malloc:
-            host_memory.configure_for_cpu_training()  # as resnet_jax.main, before JAX starts
+            backend.configure_process()  # as resnet_jax.main, before JAX starts
         import jax
 
         suffix = kind.rpartition('-')[2]

@@ -4,7 +4,7 @@
     python -m resnet_jax.benchmark --config experiments/r50.py --batch-size 32 --steps 3
 
 The model, optimiser, state and steps are built by the functions that
-`train.train_and_evaluate` uses (`build_model_and_optimizer`, `run_keys`, the steps,
+`train.train_and_evaluate` uses (`build_model_and_optimizer`, `backend.run_keys`, the steps,
 `train_state.create_train_state`); only the data differ: random uint8 images
 that live on the device, as the in-memory input path keeps them.
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import configs, host_memory, in_memory, parallel, steps, summary, train_state
+from resnet_jax import backend, configs, in_memory, parallel, steps, summary, train_state
 from resnet_jax import train as training
 
 # Dense peak TFLOP/s by device_kind prefix and compute dtype (vendor datasheets, SXM parts).
@@ -97,18 +97,18 @@ class BenchmarkResult:
 def time_windows(run: Callable[[int], Any], steps: int, repeats: int) -> Timing:
     """Times `repeats` windows; `run(i)` dispatches step i and returns what it produced.
 
-    Only the last output of a window is waited for: the device runs the window's steps
-    back to back, as in training.
+    As in training, the host keeps a couple of steps in flight (`parallel.InFlight`): the
+    device runs the window's steps back to back.
     """
     per_step = []
     step = 0
     for _ in range(repeats):
         start = time.perf_counter()
-        out = None
+        in_flight = parallel.InFlight()
         for _ in range(steps):
-            out = run(step)
+            in_flight.add(run(step))
             step += 1
-        jax.block_until_ready(out)
+        in_flight.drain()
         per_step.append((time.perf_counter() - start) / steps)
     return Timing(statistics.median(per_step), min(per_step), max(per_step), tuple(per_step))
 
@@ -228,7 +228,7 @@ def build_steps(
     steps_per_epoch = num_examples // batch_size
     model, tx, schedule, _ = training.build_model_and_optimizer(
         config, num_classes, steps_per_epoch)
-    init_key, augment_key = training.run_keys(config.seed)
+    init_key, augment_key = backend.run_keys(config.seed)
     state = train_state.create_train_state(model, tx, image_size, init_key, mesh)
 
     replicated = parallel.replicated(mesh)
@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--json', metavar='OUT', help='also write the figures to this file')
     parser.add_argument('--keep-freed-memory', action=argparse.BooleanOptionalAction,
                         default=True, help='on a CPU-only run, as resnet_jax.main\'s flag '
-                        '(resnet_jax/host_memory.py)')
+                        '(resnet_jax/cpu/host_memory.py)')
     return parser
 
 
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark; bad arguments or configs exit 2 with a message."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    host_memory.configure_for_cpu_training(args.keep_freed_memory)  # before JAX starts
+    backend.configure_process(args.keep_freed_memory)  # before JAX starts
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error('--steps and --repeats must be positive, --warmup >= 0')
     try:

@@ -12,8 +12,12 @@ import importlib.util
 import math
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
+
+from resnet_jax import backend, models
 
 # In-memory data sets, and the ones the streaming pipeline reads ('tfds:NAME' for any
 # tfds image classification data set).
@@ -23,10 +27,8 @@ PIPELINES = ('auto', 'memory', 'streaming')
 EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
 STREAMING_AUGMENTATIONS = ('scale', 'inception', 'none')
 DTYPES = ('float32', 'bfloat16')
-# What computes the convolutions and BatchNorms on a CPU. 'auto': resnet_jax.kernels' C++
-# kernels wherever they apply (float32; built on first use; XLA's ops where they cannot be
-# built); 'conv': the convolution kernels only; 'xla': XLA's ops. Other backends: XLA's.
-CPU_KERNELS = ('auto', 'conv', 'xla')
+# What computes the convolutions, BatchNorms and pooling on a CPU (resnet_jax.cpu).
+CPU_KERNELS = backend.CPU_KERNEL_CHOICES
 SCHEDULES = ('step', 'cosine')
 DURATION_UNITS = ('steps', 'epochs')
 AUGMENTATIONS = ('pad_crop_flip', 'flip', 'none')
@@ -320,13 +322,8 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name=None):
-    """The model that `config.model` and `config.dtype` describe."""
-    import jax
-    import jax.numpy as jnp
-
-    from resnet_jax import models
-    from resnet_jax.kernels import choice
-
+    """The model that `config.model`, `config.dtype` and `config.cpu_kernels` describe, for
+    JAX's default platform."""
     return models.create_model(
         config.model.name,
         num_classes=num_classes,
@@ -337,5 +334,5 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_nam
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=bn_axis_name,
-        cpu_kernels=choice.for_platform(config.cpu_kernels, jax.default_backend()),
+        layers=backend.layers(config.cpu_kernels, jax.default_backend()),
     )

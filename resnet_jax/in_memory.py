@@ -7,6 +7,7 @@ order is a function of (seed, step), so nothing about the input needs to be save
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 
@@ -88,7 +89,8 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict[st
     """Exact evaluation: the last batch is padded and masked, every example counts once."""
     num = int(labels.shape[0])
     replicated = parallel.replicated(mesh)
-    totals = None
+    totals = collections.Counter()
+    in_flight = parallel.InFlight()
     for start in range(0, num, batch_size):
         real = min(batch_size, num - start)
         indices = np.zeros(batch_size, np.int32)
@@ -96,14 +98,16 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict[st
         mask = (np.arange(batch_size) < real).astype(np.float32)
         sums = eval_step(state, images, labels, parallel.global_array(indices, replicated),
                          parallel.global_array(mask, replicated))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals['count'])
+        for done in in_flight.add(sums):
+            totals.update({k: float(v) for k, v in done.items()})
+    for done in in_flight.drain():
+        totals.update({k: float(v) for k, v in done.items()})
+    count = totals['count']
     assert count == num, f'evaluated {count} examples of {num}'
     return {
-        'loss': float(totals['loss']) / count,
-        'top1_accuracy': float(totals['top1']) / count,
-        'top5_accuracy': float(totals['top5']) / count,
+        'loss': totals['loss'] / count,
+        'top1_accuracy': totals['top1'] / count,
+        'top5_accuracy': totals['top5'] / count,
     }
 
 

@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import checkpoint, configs, distributed, host_memory, preemption, train
+from resnet_jax import backend, checkpoint, configs, distributed, preemption, train
 from resnet_jax.data import arrays
 
 FLAGS = flags.FLAGS
@@ -41,7 +41,7 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     'keep_freed_memory', True,
     'On a CPU-only run, keep the memory XLA frees after each step for the next one instead '
-    'of returning it to the system (glibc malloc settings; resnet_jax/host_memory.py): '
+    'of returning it to the system (glibc malloc settings; resnet_jax/cpu/host_memory.py): '
     'ResNet-20 steps about 1.25x faster; the process then holds its peak memory.')
 flags.DEFINE_string(
     'compilation_cache_dir', os.path.join('~', '.cache', 'resnet_jax', 'jax_compilation'),
@@ -60,7 +60,7 @@ def main(argv):
     if FLAGS.cpu_devices:
         jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
     # Before any other JAX call: the backends start with the first device query.
-    host_memory.configure_for_cpu_training(FLAGS.keep_freed_memory)
+    backend.configure_process(FLAGS.keep_freed_memory)
     try:
         multi_process = distributed.initialize(distributed.ProcessFlags(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))

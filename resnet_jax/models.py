@@ -19,8 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.batch_norm import BatchNorm
-from resnet_jax.kernels.choice import XLA_OPS, CpuKernels
+from resnet_jax.layers import XLA_LAYERS, Layers
 
 BLOCKS = ('basic', 'bottleneck')
 STEMS = ('imagenet', 'cifar')
@@ -36,46 +35,15 @@ he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 _STEMS = {'imagenet': (7, 2, True), 'cifar': (3, 1, False)}
 
 
-class PointwiseConv(nn.Conv):
-    """A 1x1 convolution computed as a matrix product over the channels.
-
-    The same module as `nn.Conv` with kernel (1, 1) and no padding (the same 'kernel'
-    parameter [1, 1, in, out], the same init and output), but written as a strided slice
-    and a `dot_general`, so that its gradients are matrix products too. XLA:CPU otherwise
-    computes the weight gradient of a 1x1 convolution as a convolution whose window is the
-    whole feature map, at a few GFLOP/s: that made the ResNet-50 step 10x slower than its
-    matrix products need.
-    """
-
-    dot_general: Callable = jax.lax.dot_general  # lax's, or kernels.conv's on the CPU
-
-    @nn.compact
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        kernel = self.param('kernel', self.kernel_init,
-                            (1, 1, inputs.shape[-1], self.features), self.param_dtype)
-        stride_h, stride_w = self.strides
-        x = inputs[:, ::stride_h, ::stride_w, :]
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return self.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())),
-                                precision=self.precision)
-
-
-def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
-          cpu_kernels: CpuKernels = XLA_OPS) -> nn.Conv:
+def _conv(layers: Layers, features: int, kernel: int, strides: int, dtype: Any,
+          name: str) -> nn.Module:
     """A kxk convolution without bias (BN follows) and torchvision's symmetric padding k//2.
 
     With that padding a stride-s layer maps a side H to ceil(H/s), as the subsampling of
-    shortcut A does, so both paths of a block always agree in shape. 1x1 convolutions are
-    `PointwiseConv`s: the same layer, computed as a matrix product; the others are computed
-    by `conv_general_dilated`. Both come from `cpu_kernels` (XLA's, or the CPU kernels').
+    shortcut A does, so both paths of a block always agree in shape.
     """
     pad = kernel // 2
-    if kernel == 1:
-        conv_cls = functools.partial(PointwiseConv, dot_general=cpu_kernels.dot_general)
-    else:
-        conv_cls = functools.partial(nn.Conv,
-                                     conv_general_dilated=cpu_kernels.conv_general_dilated)
-    return conv_cls(
+    return layers.conv(
         features,
         (kernel, kernel),
         strides=(strides, strides),
@@ -90,7 +58,7 @@ def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str,
 
 def _shortcut(
     x: jax.Array, features: int, strides: int, kind: str, dtype: Any, norm: Callable,
-    cpu_kernels: CpuKernels,
+    layers: Layers,
 ) -> jax.Array | None:
     """The skip path of a block: identity, zero-padded identity (A), projection (B, C), or
     None for a plain block (shortcut 'none')."""
@@ -98,7 +66,7 @@ def _shortcut(
         return None
     changes_shape = strides != 1 or x.shape[-1] != features
     if kind == 'C' or (kind == 'B' and changes_shape):
-        x = _conv(features, 1, strides, dtype, 'shortcut_conv', cpu_kernels)(x)
+        x = _conv(layers, features, 1, strides, dtype, 'shortcut_conv')(x)
         return norm(name='shortcut_bn')(x)
     if kind == 'A' and changes_shape:
         if x.shape[-1] > features:
@@ -110,7 +78,8 @@ def _shortcut(
 
 
 class _Block(nn.Module):
-    """Fields shared by both block types; `norm` is a configured `batch_norm.BatchNorm`."""
+    """Fields shared by both block types; `norm` is a configured `layers.norm`:
+    `norm(name=...)(x, residual, relu=True)` is `relu(BN(x) + residual)`."""
 
     width: int
     strides: int
@@ -119,19 +88,19 @@ class _Block(nn.Module):
     zero_init_residual: bool
     dtype: Any
     norm: Callable
-    cpu_kernels: CpuKernels
+    layers: Layers
 
     expansion: ClassVar[int]
 
     def _conv3x3(self, strides: int, name: str) -> nn.Conv:
-        return _conv(self.width, 3, strides, self.dtype, name, self.cpu_kernels)
+        return _conv(self.layers, self.width, 3, strides, self.dtype, name)
 
     def _merge(self, x: jax.Array, branch: jax.Array, bn_name: str) -> jax.Array:
         """The branch's last BN, the addition of the shortcut and the ReLU after it (v1
         post-activation); plain blocks have no addition. A zero scale of that BN
         (`zero_init_residual`) makes the block start as its shortcut."""
         skip = _shortcut(x, self.width * self.expansion, self.strides, self.shortcut,
-                         self.dtype, self.norm, self.cpu_kernels)
+                         self.dtype, self.norm, self.layers)
         init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
         return self.norm(scale_init=init, name=bn_name)(branch, skip, relu=True)
 
@@ -157,11 +126,11 @@ class BottleneckBlock(_Block):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         s1, s2 = (self.strides, 1) if self.variant == 'v1' else (1, self.strides)
-        y = _conv(self.width, 1, s1, self.dtype, 'conv1', self.cpu_kernels)(x)
+        y = _conv(self.layers, self.width, 1, s1, self.dtype, 'conv1')(x)
         y = self.norm(name='bn1')(y, relu=True)
         y = self._conv3x3(s2, 'conv2')(y)
         y = self.norm(name='bn2')(y, relu=True)
-        y = _conv(self.width * self.expansion, 1, 1, self.dtype, 'conv3', self.cpu_kernels)(y)
+        y = _conv(self.layers, self.width * self.expansion, 1, 1, self.dtype, 'conv3')(y)
         return self._merge(x, y, 'bn3')
 
 
@@ -192,9 +161,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
-    # What computes the convolutions, the BatchNorms and the max pooling: XLA's ops, or
-    # resnet_jax.kernels' on a CPU (the same math; see kernels.choice).
-    cpu_kernels: CpuKernels = XLA_OPS
+    # The convolution, BatchNorm and pooling modules (resnet_jax.layers; the platform's
+    # choice, from resnet_jax.backend).
+    layers: Layers = XLA_LAYERS
 
     def _check(self) -> None:
         _check_choice('block', self.block, BLOCKS)
@@ -212,8 +181,7 @@ class ResNet(nn.Module):
         {'stem': ..., 'stage1': ..., ...} of the output of each part."""
         self._check()
         norm = functools.partial(
-            BatchNorm,
-            kernels=self.cpu_kernels.fused_batch_norm,
+            self.layers.norm,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
@@ -223,11 +191,10 @@ class ResNet(nn.Module):
         )
         kernel, stride, max_pool = _STEMS[self.stem]
         x = jnp.asarray(x, self.dtype)
-        x = _conv(self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv',
-                  self.cpu_kernels)(x)
+        x = _conv(self.layers, self.stage_widths[0], kernel, stride, self.dtype, 'stem_conv')(x)
         x = norm(name='stem_bn')(x, relu=True)
         if max_pool:
-            x = self.cpu_kernels.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = self.layers.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         stages = {'stem': x}
 
         block_cls = _BLOCK_CLASSES[self.block]
@@ -242,7 +209,7 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     norm=norm,
-                    cpu_kernels=self.cpu_kernels,
+                    layers=self.layers,
                     name=f'stage{i}_block{j}',
                 )(x)
             stages[f'stage{i}'] = x
@@ -313,7 +280,7 @@ def create_model(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     bn_axis_name: str | None = None,
-    cpu_kernels: CpuKernels = XLA_OPS,
+    layers: Layers = XLA_LAYERS,
 ) -> ResNet:
     """The ResNet called `name` (one of MODEL_NAMES).
 
@@ -344,7 +311,7 @@ def create_model(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         bn_axis_name=bn_axis_name,
-        cpu_kernels=cpu_kernels,
+        layers=layers,
     )
     model._check()  # fail here, not at the first trace
     return model

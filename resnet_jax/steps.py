@@ -9,12 +9,8 @@ BatchNorm statistics and metrics over the data axis (the semantics of `jax.pmap`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import os
 from collections.abc import Callable
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,96 +19,21 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import parallel
+from resnet_jax import backend, parallel
 from resnet_jax.data import augment as augment_lib
 from resnet_jax.train_state import TrainState
 
 DATA = parallel.DATA_AXIS
 
-# XLA:CPU computes the weight gradient of a convolution from transposed copies of the
-# convolution's input and of its output gradient. Left alone, it fuses the elementwise chains
-# that produced them (BatchNorm, ReLU and the residual additions forward, their gradients
-# backward) into each transpose, recomputing them there in a cache-hostile order: over half
-# of the CIFAR ResNet-20 step and of the ResNet-50 step. An optimization barrier on each
-# convolution's input, and on the gradient of its output, keeps those one buffer that the
-# transpose only copies; the compiler option keeps XLA:CPU from deleting the barriers before
-# fusion (its `cse_barrier_expander` pass).
-#
-# XLA:CPU also hands every convolution with more than 16 input or output features (so every
-# weight gradient too) to its YNNPACK library by default. In these training steps XLA's own
-# (Eigen) convolutions are faster: side by side on a 2-core CPU, the CIFAR ResNet-20 step
-# took 472 instead of 576 ms, ResNet-56 1.41 instead of 1.87 s (on 2 simulated devices about
-# 5% less; ResNet-50 at batch 32: no difference beyond the noise). Reductions and matrix
-# products (the 1x1 convolutions, the head) stay with YNNPACK. XLA_FLAGS that set
-# `xla_cpu_experimental_ynn_fusion_type` override this (benchmarks/cpu_vs_torch.py --variant).
-# Other backends get none of these options.
-CPU_COMPILER_OPTIONS = {
-    'xla_disable_hlo_passes': 'cse_barrier_expander',
-    'xla_cpu_experimental_ynn_fusion_type':
-        'LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
-}
-
-
-@jax.custom_vjp
-def _barrier_gradient(y: jax.Array) -> jax.Array:
-    """The identity, whose gradient passes through an optimization barrier."""
-    return y
-
-
-def _barrier_gradient_fwd(y):
-    return y, None
-
-
-def _barrier_gradient_bwd(_, g):
-    return (jax.lax.optimization_barrier(g),)
-
-
-_barrier_gradient.defvjp(_barrier_gradient_fwd, _barrier_gradient_bwd)
-
-
-def _barrier_conv_operands(next_fun, args, kwargs, context):
-    """A Flax interceptor: each convolution's input, and its output's gradient, are barriers."""
-    if context.method_name != '__call__' or not isinstance(context.module, nn.Conv):
-        return next_fun(*args, **kwargs)
-    args = (jax.lax.optimization_barrier(args[0]), *args[1:])
-    return _barrier_gradient(next_fun(*args, **kwargs))
-
-
-def _on_cpu(mesh: Mesh) -> bool:
-    return mesh.devices.flat[0].platform == 'cpu'
-
-
-@functools.cache
-def _cpu_compiler_options() -> dict[str, Any]:
-    """CPU_COMPILER_OPTIONS, less the YNNPACK choice where XLA_FLAGS makes its own (as the
-    benchmarks' variants do) or where this jaxlib does not know the option."""
-    ynn = 'xla_cpu_experimental_ynn_fusion_type'
-    without_ynn = {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k != ynn}
-    if f'--{ynn}=' in os.environ.get('XLA_FLAGS', ''):
-        return without_ynn
-    probe = jax.device_put(jnp.zeros((), jnp.float32), jax.devices('cpu')[0])
-    try:
-        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS).lower(probe).compile()
-    except Exception:  # noqa: BLE001 -- another jaxlib's option names: its default choice
-        return without_ynn
-    return CPU_COMPILER_OPTIONS
-
-
-def _jit_options(mesh: Mesh) -> dict[str, Any]:
-    return {'compiler_options': _cpu_compiler_options()} if _on_cpu(mesh) else {}
-
-
 def _make_sharded_update(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                          skip_nonfinite: bool) -> Callable:
     """`(state, batch, labels) -> (state, metrics)`: the data-parallel update of one step."""
-    on_cpu = _on_cpu(mesh)
+    platform = parallel.platform(mesh)
 
     def per_device_step(state: TrainState, images, labels):
         def loss_fn(params):
             variables = {'params': params, 'batch_stats': state.batch_stats}
-            barriers = (nn.intercept_methods(_barrier_conv_operands) if on_cpu
-                        else contextlib.nullcontext())
-            with barriers:
+            with backend.training_context(platform):
                 logits, updates = model.apply(variables, images, train=True,
                                               mutable=['batch_stats'])
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -184,7 +105,7 @@ def make_train_step(
         metrics['learning_rate'] = schedule(state.step)
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0, **_jit_options(mesh))
+    return jax.jit(train_step, donate_argnums=0, **backend.jit_options(parallel.platform(mesh)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +157,7 @@ def make_batch_train_step(
         metrics['learning_rate'] = schedule(state.step)
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0, **_jit_options(mesh))
+    return jax.jit(train_step, donate_argnums=0, **backend.jit_options(parallel.platform(mesh)))
 
 
 def make_eval_step(model: nn.Module, mesh: Mesh, *, pixel_mean: jax.Array) -> Callable:

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from resnet_jax import (
+    backend,
     checkpoint,
     configs,
     in_memory,
@@ -65,13 +66,6 @@ def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: in
     return model, tx, schedule, total_steps
 
 
-def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-    """The initialisation key and the augmentation key of a run."""
-    # 'rbg' keys make the initialiser compile several times faster on CPU than threefry;
-    # the augmentation keeps threefry, whose numbers do not depend on the sharding.
-    return jax.random.key(seed, impl='rbg'), jax.random.fold_in(jax.random.key(seed), 1)
-
-
 def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None:
     """Intervals that can never trigger are mistakes (usually steps given for epochs)."""
     if config.eval_every_steps > total_steps:
@@ -109,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     check_free_space(workdir_path, (config.keep_checkpoints + 1)
                      * train_state.train_state_bytes(model, tx, inputs.image_size))
 
-    init_key, augment_key = run_keys(config.seed)
+    init_key, augment_key = backend.run_keys(config.seed)
     state = train_state.create_train_state(model, tx, inputs.image_size, init_key, mesh)
     checkpointer = checkpoint.Checkpointer(
         workdir_path / 'checkpoints', config.keep_checkpoints, run_record(config, model))

@@ -1,4 +1,4 @@
-"""The BatchNorm kernels (resnet_jax.kernels.batchnorm) and the BatchNorm module that uses
+"""The BatchNorm kernels (resnet_jax.cpu.kernels.batchnorm) and the BatchNorm module that uses
 them compute what flax's BatchNorm followed by the residual addition and ReLU computes:
 outputs, statistics, running averages and every gradient."""
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.batch_norm import BatchNorm
-from resnet_jax.kernels import batchnorm, native
+from resnet_jax.cpu.kernels import batchnorm, native
+from resnet_jax.layers import BatchNormAddRelu
 
 EPS = 1e-5
 
@@ -123,8 +123,8 @@ def test_kernels_reject_what_they_do_not_cover():
 
 
 def _module_results(kernels, x, residual, train, **fields):
-    module = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=EPS,
-                       kernels=kernels, **fields)
+    module = BatchNormAddRelu(use_running_average=not train, momentum=0.9, epsilon=EPS,
+                              fused=batchnorm if kernels else None, **fields)
     variables = module.init(jax.random.key(0), x, residual, relu=True)
     # Non-trivial parameters and running averages.
     variables = jax.tree.map(lambda v: v + 0.1 * jnp.arange(v.shape[0]), variables)
@@ -146,7 +146,7 @@ def test_module_with_kernels_is_flax_batch_norm(train):
                                     dict(axis_name='data')])
 def test_module_falls_back_to_flax_where_kernels_do_not_apply(change):
     channels = change.pop('channels', 16)
-    module = BatchNorm(use_running_average=True, kernels=True, **change)
+    module = BatchNormAddRelu(use_running_average=True, fused=batchnorm, **change)
     x = jnp.ones((2, 3, 3, channels))
     variables = module.init(jax.random.key(0), x, relu=True)
     jaxpr = str(jax.make_jaxpr(lambda v, x: module.apply(v, x, relu=True))(variables, x))

@@ -1,10 +1,10 @@
-"""The direct CPU convolution kernels (resnet_jax.kernels) compute what lax computes:
+"""The direct CPU convolution kernels (resnet_jax.cpu.kernels) compute what lax computes:
 forward, input gradient and weight gradient, alone, in a model and in the data-parallel
 train step; everything they do not cover goes to lax; the build is cached and its failure
 falls back to XLA."""
 
-import dataclasses
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -16,8 +16,8 @@ import pytest
 from jax import lax
 from test_train import tiny_config
 
-from resnet_jax import benchmark, configs
-from resnet_jax.kernels import choice, conv, native, pooling
+from resnet_jax import backend, benchmark, configs, layers
+from resnet_jax.cpu.kernels import batchnorm, conv, native, pooling
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -86,14 +86,14 @@ def test_train_step_with_the_kernels_is_the_xla_step():
     three steps (each after the previous update) and the same evaluation of the updated
     state."""
     results = {}
-    for kernels in configs.CPU_KERNELS:
+    for kernels in ('kernels', 'conv', 'xla'):
         built = benchmark.build_steps(tiny_config(image_size=16, cpu_kernels=kernels))
         compiled = built.train_compiled.as_text()
-        assert ('resnet_conv2d_forward' in compiled) == (kernels in ('auto', 'conv'))
-        assert ('resnet_bn_grad_input' in compiled) == (kernels == 'auto')
+        assert ('resnet_conv2d_forward' in compiled) == (kernels in ('kernels', 'conv'))
+        assert ('resnet_bn_grad_input' in compiled) == (kernels == 'kernels')
         losses = [float(jax.device_get(built.train(step))['loss']) for step in range(3)]
         results[kernels] = losses, jax.device_get(built.evaluate(0))
-    for kernels in ('auto', 'conv'):
+    for kernels in ('kernels', 'conv'):
         np.testing.assert_allclose(results[kernels][0], results['xla'][0], rtol=1e-5)
         for got, want in zip(jax.tree.leaves(results[kernels][1]),
                              jax.tree.leaves(results['xla'][1]), strict=True):
@@ -105,20 +105,45 @@ def test_cpu_kernels_setting_is_validated():
     config.dataset = 'synthetic'
     config.total_steps = 1
     config.cpu_kernels = 'onednn'
-    expected = r"cpu_kernels='onednn': choose one of \('auto', 'conv', 'xla'\)"
+    expected = r"cpu_kernels='onednn': choose one of \('auto', 'kernels', 'conv', 'xla'\)"
     with pytest.raises(configs.ConfigError, match=expected):
         configs.validate_config(config)
-    assert configs.CPU_KERNELS == choice.CHOICES
+    with pytest.raises(ValueError, match=expected):
+        backend.layers('onednn', 'gpu')
 
 
-def test_xla_choice_and_other_platforms_use_xla():
-    for xla in (choice.for_platform('xla', 'cpu'), choice.for_platform('auto', 'gpu')):
-        assert xla.conv_general_dilated is lax.conv_general_dilated
-        assert not xla.fused_batch_norm
-    convolutions = choice.CpuKernels(conv.conv_general_dilated, conv.dot_general)
-    assert choice.for_platform('conv', 'cpu') == convolutions
-    assert choice.for_platform('auto', 'cpu') == dataclasses.replace(
-        convolutions, fused_batch_norm=True, max_pool=pooling.max_pool)
+def test_each_choice_gives_its_layers():
+    for xla in (backend.layers('xla', 'cpu'), backend.layers('kernels', 'gpu'),
+                backend.layers('auto', 'tpu')):
+        assert xla == layers.XLA_LAYERS
+    convolutions = backend.layers('conv', 'cpu')
+    assert convolutions.conv.keywords == {'conv_general_dilated': conv.conv_general_dilated,
+                                          'dot_general': conv.dot_general}
+    assert convolutions.norm is layers.BatchNormAddRelu
+    assert convolutions.max_pool is layers.XLA_LAYERS.max_pool
+    every = backend.layers('kernels', 'cpu')
+    assert every.conv == convolutions.conv
+    assert every.norm.keywords == {'fused': batchnorm}
+    assert every.max_pool is pooling.max_pool
+
+
+@pytest.mark.parametrize('isa', native.ISAS)
+def test_auto_uses_the_kernels_only_where_they_are_tuned(isa, monkeypatch):
+    monkeypatch.setattr(native, 'load', lambda: isa)
+    want = backend.layers('kernels', 'cpu') if isa == 'avx512' else layers.XLA_LAYERS
+    assert backend.layers('auto', 'cpu') == want
+
+
+def test_the_library_says_which_tiles_it_was_built_with():
+    """-march=native on this CPU: AVX-512 tiles where it has AVX-512F, AVX2 tiles where it
+    has AVX2 and FMA (and not AVX-512F), the generic ones elsewhere."""
+    flags = set(pathlib.Path('/proc/cpuinfo').read_text().split()) if sys.platform == 'linux' \
+        else set()
+    if native.target_arch() != 'native' or not flags:
+        pytest.skip('built for another target, or no /proc/cpuinfo')
+    want = ('avx512' if 'avx512f' in flags else
+            'avx2' if {'avx2', 'fma'} <= flags else 'generic')
+    assert native.load() == want
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -128,7 +153,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path):
     cache = str(tmp_path / 'cache')
-    code = ('from resnet_jax.kernels import native; native.load(); '
+    code = ('from resnet_jax.cpu.kernels import native; native.load(); '
             'print(native.library_path())')
     first = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
     assert first.returncode == 0, first.stderr
@@ -147,8 +172,8 @@ def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path):
 
 
 def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
-    code = ('from resnet_jax.kernels import choice; '
-            "assert choice.for_platform('auto', 'cpu') == choice.CpuKernels()")
+    code = ('from resnet_jax import backend, layers; '
+            "assert backend.layers('kernels', 'cpu') == layers.XLA_LAYERS")
     result = _run(code, RESNET_JAX_KERNEL_CACHE=str(tmp_path), CXX='/nonexistent/c++')
     assert result.returncode == 0, result.stderr
     assert 'CPU kernels unavailable' in result.stderr
@@ -158,8 +183,8 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
 def test_an_unwritable_cache_falls_back_to_xla_with_a_warning(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
-    code = ('from resnet_jax.kernels import choice; '
-            "assert choice.for_platform('auto', 'cpu') == choice.CpuKernels()")
+    code = ('from resnet_jax import backend, layers; '
+            "assert backend.layers('kernels', 'cpu') == layers.XLA_LAYERS")
     result = _run(code, RESNET_JAX_KERNEL_CACHE=str(blocker / 'cache'))
     assert result.returncode == 0, result.stderr
     assert 'cannot write the kernel cache' in result.stderr
@@ -172,6 +197,9 @@ def test_library_depends_on_source_and_compiler(monkeypatch, tmp_path):
     assert native.library_path().parent == tmp_path
     assert native.library_path().name == path.name
     monkeypatch.setattr(native, 'FLAGS', (*native.FLAGS, '-DOTHER'))
+    assert native.library_path().name != path.name
+    monkeypatch.setattr(native, 'FLAGS', native.FLAGS[:-1])
+    monkeypatch.setenv('RESNET_JAX_KERNEL_MARCH', 'x86-64-v3')
     assert native.library_path().name != path.name
 
 
@@ -204,7 +232,7 @@ def test_concurrent_kernel_calls_do_not_wait_for_each_other():
 REPEATED_WEIGHT_GRADS = '''
 import sys, pathlib
 import jax
-from resnet_jax.kernels import conv, native
+from resnet_jax.cpu.kernels import conv, native
 
 if len(sys.argv) > 1:
     native.SOURCES = (pathlib.Path(sys.argv[1]), *native.SOURCES[1:])

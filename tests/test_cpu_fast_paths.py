@@ -1,5 +1,5 @@
 """The CPU speed-ups change no result: 1x1 convolutions as matrix products, and the
-optimization barriers around convolutions in the CPU train step (resnet_jax.steps)."""
+optimization barriers around convolutions in the CPU train step (resnet_jax.cpu.compiler)."""
 
 import re
 
@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import benchmark, models, steps
+from resnet_jax import benchmark, layers, models, parallel
+from resnet_jax.cpu import compiler
 
 TINY_PROJECTION = '''
 from resnet_jax import configs
@@ -21,7 +22,7 @@ def get_config():
     config.image_size = 8
     config.num_classes = 5
     config.model.name = 'cifar_resnet8'
-    config.model.shortcut = 'B'  # strided 1x1 projections: PointwiseConv in the step
+    config.model.shortcut = 'B'  # strided 1x1 projections: 1x1 layers.Conv in the step
     config.batch_size = 4
     config.total_steps = 10
     return config
@@ -34,7 +35,7 @@ def test_pointwise_conv_is_the_1x1_conv(stride, dtype):
     kwargs = dict(features=6, kernel_size=(1, 1), strides=(stride, stride),
                   padding=((0, 0), (0, 0)), use_bias=False, dtype=dtype,
                   kernel_init=models.he_normal)
-    conv, pointwise = nn.Conv(**kwargs), models.PointwiseConv(**kwargs)
+    conv, pointwise = nn.Conv(**kwargs), layers.Conv(**kwargs)
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 4))
     variables = conv.init(jax.random.key(1), x)
     same_init = pointwise.init(jax.random.key(1), x)
@@ -58,7 +59,7 @@ def test_cpu_train_step_keeps_its_barriers_and_its_results(tmp_path, monkeypatch
 
     fast = benchmark.build_steps(config)
     assert 'opt-barrier' in fast.train_compiled.as_text()
-    monkeypatch.setattr(steps, '_on_cpu', lambda mesh: False)  # the plain step of other backends
+    monkeypatch.setattr(parallel, 'platform', lambda mesh: 'gpu')  # other backends' step
     plain = benchmark.build_steps(config)
     assert 'opt-barrier' not in plain.train_compiled.as_text()
 
@@ -87,15 +88,15 @@ def test_cpu_train_step_keeps_convolutions_out_of_ynnpack(tmp_path, monkeypatch)
     path = tmp_path / 'tiny_projection.py'
     path.write_text(TINY_PROJECTION)
     config = benchmark.load_config(str(path))
-    config.cpu_kernels = 'xla'  # (the default computes these in resnet_jax.kernels)
+    config.cpu_kernels = 'xla'  # (the default computes these in resnet_jax.cpu.kernels)
 
     hlo = benchmark.build_steps(config).train_compiled.as_text()
     assert 'convolution' in hlo  # the 3x3 convolutions, 32 and 64 channels too ...
     assert 'convolution' not in _ynn_fused_opcodes(hlo)  # ... with XLA's own kernels
 
     # Without the option, XLA:CPU would give some of them to YNNPACK.
-    default = {k: v for k, v in steps.CPU_COMPILER_OPTIONS.items()
+    default = {k: v for k, v in compiler.CPU_COMPILER_OPTIONS.items()
                if k != 'xla_cpu_experimental_ynn_fusion_type'}
-    monkeypatch.setattr(steps, '_cpu_compiler_options', lambda: default)
+    monkeypatch.setattr(compiler, 'compiler_options', lambda: default)
     hlo = benchmark.build_steps(config).train_compiled.as_text()
     assert 'convolution' in _ynn_fused_opcodes(hlo)

@@ -3,7 +3,7 @@
 The sources ship with the package and are compiled into one library on first use, with
 the system's C++ compiler (`$CXX`, else `c++`) for this CPU (`-march=native`), against the
 XLA FFI headers of the installed jaxlib. The library is cached under
-`$RESNET_JAX_KERNEL_CACHE` (default `~/.cache/resnet_jax/kernels`), keyed by the sources,
+`$RESNET_JAX_KERNEL_CACHE` (default `~/.cache/resnet_jax/cpu/kernels`), keyed by the sources,
 compiler, flags, jaxlib and CPU, so a later start, or another process, loads it in
 milliseconds. Nothing is built on GPU or TPU hosts unless asked for."""
 
@@ -30,7 +30,19 @@ TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_bn_stat
            'resnet_bn_apply', 'resnet_bn_apply_add', 'resnet_bn_grad_stats',
            'resnet_bn_grad_input', 'resnet_bn_grad_input_dz', 'resnet_max_pool_forward',
            'resnet_max_pool_backward')
-FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
+FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC')
+# The register tiles a build can have (conv2d.cc's `resnet_kernels_isa`).
+ISAS = ('avx512', 'avx2', 'generic')
+
+
+def target_arch() -> str:
+    """The `-march` the kernels are built for: `$RESNET_JAX_KERNEL_MARCH`, default `native`
+    (this CPU). `x86-64-v3` builds them as for an AVX2 CPU without AVX-512, on any x86-64."""
+    return os.environ.get('RESNET_JAX_KERNEL_MARCH', 'native')
+
+
+def _flags() -> tuple[str, ...]:
+    return (*FLAGS, f'-march={target_arch()}')
 
 
 class KernelBuildError(RuntimeError):
@@ -77,7 +89,7 @@ def library_path() -> Path:
         raise KernelBuildError(f'a kernel source is missing ({e}); reinstall resnet_jax') from e
     key = hashlib.sha256()
     for part in (*sources, compiler.encode(), _compiler_version(compiler).encode(),
-                 ' '.join(FLAGS).encode(), jaxlib.__version__.encode(),
+                 ' '.join(_flags()).encode(), jaxlib.__version__.encode(),
                  _cpu_identity().encode()):
         key.update(part)
         key.update(b'\0')
@@ -99,7 +111,7 @@ def build() -> Path:
             f'cannot write the kernel cache {target.parent} ({e}); point '
             '$RESNET_JAX_KERNEL_CACHE at a writable directory') from e
     os.close(fd)
-    command = [_compiler(), *FLAGS, f'-I{jax.ffi.include_dir()}', *map(str, SOURCES), '-o', tmp]
+    command = [_compiler(), *_flags(), f'-I{jax.ffi.include_dir()}', *map(str, SOURCES), '-o', tmp]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
@@ -113,30 +125,34 @@ def build() -> Path:
     return target
 
 
-def _open(path: Path) -> dict[str, object]:
+def _open(path: Path) -> tuple[str, dict[str, object]]:
     library = ctypes.CDLL(str(path))
-    return {name: getattr(library, name) for name in TARGETS}
+    library.resnet_kernels_isa.restype = ctypes.c_char_p
+    return (library.resnet_kernels_isa().decode(),
+            {name: getattr(library, name) for name in TARGETS})
 
 
 @functools.cache
-def load() -> None:
-    """Builds (if needed) and loads the kernels and registers them as XLA:CPU FFI targets.
+def load() -> str:
+    """Builds (if needed) and loads the kernels and registers them as XLA:CPU FFI targets;
+    returns the instruction set whose tiles they were built with (`ISAS`).
 
     A cached library that does not load (a truncated file, say) is rebuilt once. Raises
     KernelBuildError if that fails; a later call tries again.
     """
     path = build()
     try:
-        handlers = _open(path)
+        isa, handlers = _open(path)
     except (OSError, AttributeError):
         path.unlink(missing_ok=True)
         path = build()
         try:
-            handlers = _open(path)
+            isa, handlers = _open(path)
         except (OSError, AttributeError) as e:
             raise KernelBuildError(f'cannot load the kernels just built at {path}: {e}') from e
     for name, handler in handlers.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
+    return isa
 
 
 def call(target: str, shapes: Sequence[Sequence[int]], *args: jax.Array,

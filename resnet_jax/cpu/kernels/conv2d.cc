@@ -15,6 +15,7 @@
 // the kernel turned by 180 degrees and its channels swapped; the caller does that.) Work
 // is split over XLA's intra-op thread pool. Written with GCC/Clang vector extensions and
 // compiled for the host CPU (-march=native): 16 floats are one AVX-512 register, two AVX2.
+// The tiles are chosen per instruction set: AVX-512's 32 registers of 16 floats, or 16 of 8.
 
 #include <algorithm>
 #include <cstdint>
@@ -112,13 +113,23 @@ struct ForwardTile {
   ForwardRowFn fn;
 };
 
-// At most 28 accumulators: with the NO kernel vectors they fit AVX-512's 32 registers.
+#if defined(__AVX512F__)
+// At most 28 accumulators: with the NO kernel vectors they fit AVX-512's 32 registers (the
+// input is broadcast from memory inside the multiply-add).
 constexpr ForwardTile kForwardTiles[] = {
     {16, 1, ForwardRow<16, 1>}, {14, 1, ForwardRow<14, 1>}, {8, 1, ForwardRow<8, 1>},
     {7, 1, ForwardRow<7, 1>},   {14, 2, ForwardRow<14, 2>}, {12, 2, ForwardRow<12, 2>},
     {8, 2, ForwardRow<8, 2>},   {7, 2, ForwardRow<7, 2>},   {7, 4, ForwardRow<7, 4>},
     {6, 4, ForwardRow<6, 4>},   {4, 4, ForwardRow<4, 4>},
 };
+#else
+// 16 registers of 8 floats (AVX2; NEON's 32 of 4 hold as many floats): a 16-float vector
+// takes two, and the broadcast input one more. 2 * (WB * NO + NO) + 1 <= 16.
+constexpr ForwardTile kForwardTiles[] = {
+    {6, 1, ForwardRow<6, 1>}, {5, 1, ForwardRow<5, 1>}, {4, 1, ForwardRow<4, 1>},
+    {2, 2, ForwardRow<2, 2>},
+};
+#endif
 
 // The tile that wastes the fewest columns of a row of width W, then the largest.
 ForwardTile ChooseForwardTile(int64_t W, int64_t O) {
@@ -229,6 +240,7 @@ struct WeightGradTiling {
   WeightGradTileFn fn;
 };
 
+#if defined(__AVX512F__)
 // In order of preference: 16 input channels (one cache line of x per pixel) by one vector
 // of outputs; for fewer input channels, more output vectors, so that each pixel still
 // feeds 8-16 accumulators.
@@ -241,6 +253,15 @@ constexpr WeightGradTiling kWeightGradTilings[] = {
     {2, 1, WeightGradTile<2, 1>},   {1, 4, WeightGradTile<1, 4>},
     {1, 1, WeightGradTile<1, 1>},
 };
+#else
+// 16 registers of 8 floats: CB * NO accumulators and NO gradient vectors of two registers
+// each, and the broadcast input: 2 * (CB * NO + NO) + 1 <= 16.
+constexpr WeightGradTiling kWeightGradTilings[] = {
+    {6, 1, WeightGradTile<6, 1>}, {4, 1, WeightGradTile<4, 1>}, {2, 2, WeightGradTile<2, 2>},
+    {3, 1, WeightGradTile<3, 1>}, {2, 1, WeightGradTile<2, 1>}, {1, 2, WeightGradTile<1, 2>},
+    {1, 1, WeightGradTile<1, 1>},
+};
+#endif
 
 WeightGradTiling ChooseWeightGradTiling(int64_t C, int64_t O) {
   for (const WeightGradTiling& t : kWeightGradTilings) {
@@ -324,3 +345,16 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_forward, Forward, RESNET_CONV2D_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_weight_grad, WeightGrad, RESNET_CONV2D_BINDING);
+
+// The instruction set whose tiles this library was built with: "avx512", "avx2" or
+// "generic" (any other target, such as ARM). The Python side uses the kernels by default
+// only where they were tuned and measured to win (resnet_jax/cpu/kernels/choice.py).
+extern "C" const char* resnet_kernels_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}

@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -40,6 +42,10 @@ inline int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
 // finds no task left and touches nothing but `state`.
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t tasks, int64_t workers, F body) {
+#ifdef RESNET_JAX_KERNEL_DELAY_MS
+  // Tests build the kernels with this defined to make every call slow on purpose.
+  std::this_thread::sleep_for(std::chrono::milliseconds(RESNET_JAX_KERNEL_DELAY_MS));
+#endif
   struct State {
     std::atomic<int64_t> next_task{0};
     std::mutex mu;

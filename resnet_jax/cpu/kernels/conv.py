@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from resnet_jax.kernels import native
+from resnet_jax.cpu.kernels import native
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from resnet_jax.kernels import native
+from resnet_jax.cpu.kernels import native
 
 
 def covers(x: jax.Array) -> bool:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.kernels import native
+from resnet_jax.cpu.kernels import native
 
 
 def _output_side(side: int, window: int, stride: int, padding: int) -> int:

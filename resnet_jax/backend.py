@@ -1,0 +1,65 @@
+"""What the platform changes in a run, in one place: the seam between the paper's code
+(models, steps, loop) and what makes it fast on a given platform.
+
+- `layers`: the model's building blocks (`resnet_jax.layers.Layers`), injected into it;
+- `jit_options` and `training_context`: compiler options of the steps, and a context for
+  the model's training forward pass;
+- `run_keys`: the run's random keys;
+- `configure_process`: process settings that must precede JAX's start.
+
+GPUs and TPUs get XLA's defaults; CPUs what `resnet_jax.cpu` says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+from resnet_jax.cpu import compiler, host_memory, kernel_layers
+from resnet_jax.layers import XLA_LAYERS, Layers
+
+# The values of config.cpu_kernels; kernel_layers says what each means.
+CPU_KERNEL_CHOICES = kernel_layers.CHOICES
+
+
+def layers(cpu_kernels: str, platform: str) -> Layers:
+    """The layers of a model on `platform` ('cpu', 'gpu', 'tpu') for `config.cpu_kernels`."""
+    if cpu_kernels not in CPU_KERNEL_CHOICES:
+        raise ValueError(f'cpu_kernels={cpu_kernels!r}: choose one of {CPU_KERNEL_CHOICES}')
+    if platform != 'cpu':
+        return XLA_LAYERS  # nothing is built or traced for the CPU kernels elsewhere
+    return kernel_layers.layers(cpu_kernels)
+
+
+def jit_options(platform: str) -> dict[str, Any]:
+    """Keyword arguments of `jax.jit` for the train steps on `platform`."""
+    if platform != 'cpu':
+        return {}
+    return {'compiler_options': compiler.compiler_options()}
+
+
+@contextlib.contextmanager
+def training_context(platform: str) -> Iterator[None]:
+    """Wraps the model's forward pass in a train step (traced inside it)."""
+    if platform != 'cpu':
+        yield
+        return
+    with compiler.conv_barriers():
+        yield
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """The initialisation key and the augmentation key of a run."""
+    # 'rbg' keys make the initialiser compile several times faster on a CPU than threefry
+    # (and change nothing else); the augmentation keeps threefry, whose numbers do not
+    # depend on the sharding.
+    return jax.random.key(seed, impl='rbg'), jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def configure_process(keep_freed_memory: bool = True) -> bool:
+    """Before JAX starts: on a CPU-only run, malloc settings that keep the memory XLA frees
+    after each step (`resnet_jax.cpu.host_memory`); whether they were applied."""
+    return host_memory.configure_for_cpu_training(keep_freed_memory)

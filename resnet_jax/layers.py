@@ -1,0 +1,118 @@
+"""The building blocks a ResNet is made of, injected into the model (as the Flax ImageNet
+example injects `conv` and `norm`): what computes them depends on the platform
+(`resnet_jax.backend`), what they compute does not.
+
+- `Conv`: `flax.linen.Conv`, with 1x1 convolutions computed as matrix products.
+- `BatchNormAddRelu`: `relu(BatchNorm(x) + residual)`, the addition and the ReLU optional:
+  how a residual block ends, and how most of its convolutions are followed.
+- `nn.max_pool`'s signature for the ImageNet stem's pooling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+class Conv(nn.Conv):
+    """`nn.Conv`; a 1x1 convolution without padding is computed as a strided slice and a
+    `dot_general` over the channels (the same 'kernel' parameter [1, 1, in, out], init and
+    output), so that its gradients are matrix products too. XLA:CPU otherwise computes the
+    weight gradient of a 1x1 convolution as a convolution whose window is the whole feature
+    map, at a few GFLOP/s."""
+
+    dot_general: Callable = lax.dot_general  # lax's signature
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if tuple(self.kernel_size) != (1, 1) or self.use_bias or not _no_padding(self.padding):
+            return super().__call__(inputs)
+        kernel = self.param('kernel', self.kernel_init,
+                            (1, 1, inputs.shape[-1], self.features), self.param_dtype)
+        stride_h, stride_w = self.strides
+        x = inputs[:, ::stride_h, ::stride_w, :]
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return self.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())),
+                                precision=self.precision)
+
+
+def _no_padding(padding: Any) -> bool:
+    return padding == 'VALID' or (not isinstance(padding, str)
+                                  and all(tuple(p) == (0, 0) for p in padding))
+
+
+class FusedBatchNormAddRelu(Protocol):
+    """An implementation of `relu(BN(x) + residual)` as one op, for the inputs it `covers`
+    (the CPU kernels' `resnet_jax.cpu.kernels.batchnorm` is one)."""
+
+    def covers(self, x: jax.Array) -> bool: ...
+
+    def train(self, x, scale, bias, residual=None, *, relu: bool,
+              epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+
+    def infer(self, x, mean, var, scale, bias, residual=None, *, relu: bool,
+              epsilon: float) -> jax.Array: ...
+
+
+class BatchNormAddRelu(nn.BatchNorm):
+    """`module(x, residual, relu=True)` is `relu(BatchNorm(x) + residual)`; the residual and
+    the ReLU are optional, so `module(x)` is `flax.linen.BatchNorm`.
+
+    With `fused`, inputs it covers (statistics per device: no `axis_name`) run as its one
+    op; others as flax's BatchNorm followed by the addition and ReLU in XLA. The variables
+    are flax's BatchNorm's either way, made the same way, and the results the same to
+    float32 rounding.
+    """
+
+    fused: FusedBatchNormAddRelu | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, residual: jax.Array | None = None, *,
+                 relu: bool = False) -> jax.Array:
+        if not self._is_fused(x, residual):
+            y = nn.BatchNorm.__call__(self, x)
+            if residual is not None:
+                y = y + residual
+            return nn.relu(y) if relu else y
+        features = (x.shape[-1],)
+        scale = self.param('scale', self.scale_init, features, self.param_dtype)
+        bias = self.param('bias', self.bias_init, features, self.param_dtype)
+        ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
+        ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
+        if self.use_running_average:
+            return self.fused.infer(x, ra_mean.value, ra_var.value, scale, bias, residual,
+                                    relu=relu, epsilon=self.epsilon)
+        y, mean, var = self.fused.train(x, scale, bias, residual, relu=relu,
+                                        epsilon=self.epsilon)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y
+
+    def _is_fused(self, x: jax.Array, residual: jax.Array | None) -> bool:
+        return (self.fused is not None and self.fused.covers(x)
+                and (residual is None or residual.dtype == jnp.float32)
+                and self.use_running_average is not None
+                and self.axis in (-1, x.ndim - 1) and self.axis_name is None
+                and self.use_scale and self.use_bias
+                and self.param_dtype == jnp.float32 and self.dtype in (None, jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The building blocks of a model: module classes (or partials of them) with the
+    signatures of `Conv` and `BatchNormAddRelu`, and a function with `nn.max_pool`'s. The
+    defaults are XLA's ops on every platform."""
+
+    conv: Callable[..., nn.Module] = Conv
+    norm: Callable[..., nn.Module] = BatchNormAddRelu
+    max_pool: Callable[..., jax.Array] = nn.max_pool
+
+
+XLA_LAYERS = Layers()
