@@ -13,9 +13,10 @@ noisy). It prints the median seconds per step of each and the ratio to PyTorch e
 Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
 the XLA_FLAGS of the environment and, as `resnet_jax.main` on a CPU, malloc keeping freed
 memory: resnet_jax/cpu/host_memory.py), `jax-2dev` (the same on 2 simulated CPU devices, data
-parallel over the cores), a `-xla` or `-conv` suffix to either (the same with
-`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.cpu.kernels', or `'conv'`: the
-convolution kernels only), `torch`, `torch-compile`, and any `jax+NAME` defined with
+parallel over the cores), a `-xla`, `-conv` or `-kernels` suffix to either (the same with
+`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.cpu.kernels', `'conv'`: the
+convolution kernels only, or `'kernels'`: all of them, on any CPU), `torch`,
+`torch-compile`, and any `jax+NAME` defined with
 `--variant NAME='--xla_flag=value ...'` (extra XLA_FLAGS; for trying XLA options).
 Options after a slash change the worker's malloc: `/retain` (e.g. `torch/retain`) starts it
 with the environment variables that give glibc malloc the settings resnet_jax applies (one
@@ -95,7 +96,7 @@ def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
         import jax
 
         suffix = kind.rpartition('-')[2]
-        cpu_kernels = suffix if suffix in ('xla', 'conv') else 'auto'
+        cpu_kernels = suffix if suffix in ('xla', 'conv', 'kernels') else 'auto'
         run, compile_s = _jax_worker(config_spec, batch_size, dtype, cpu_kernels)
         block = jax.block_until_ready
     step = 0
@@ -193,8 +194,8 @@ def main() -> int:
     parser.add_argument('--case', action='append', help='CONFIG[:ARG]@BATCH (repeatable)')
     parser.add_argument('--contenders', default='jax,torch',
                         help='comma-separated: jax, jax-2dev, jax-xla, jax-2dev-xla, jax-conv, '
-                             'jax+NAME, torch, torch-compile; a /thp suffix: malloc on huge '
-                             'pages')
+                             'jax-kernels, jax+NAME, torch, torch-compile; a /thp suffix: '
+                             'malloc on huge pages')
     parser.add_argument('--variant', action='append', default=[], metavar="NAME='FLAGS'",
                         help='extra XLA_FLAGS for the contender jax+NAME')
     parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
