@@ -31,15 +31,22 @@ def layers(choice: str) -> Layers:
     """The layers of a model on the CPU for `config.cpu_kernels` = `choice`."""
     if choice not in CHOICES:
         raise ValueError(f'cpu_kernels={choice!r}: choose one of {CHOICES}')
-    if choice == 'xla':
-        return XLA_LAYERS
+    if choice == 'xla' or (choice == 'auto' and not _tuned(native.host_isa())):
+        return XLA_LAYERS  # (without building them: they would not be used)
     try:
         isa = native.load()
     except native.KernelBuildError as e:
         logging.warning("CPU kernels unavailable, using XLA's ops: %s", e)
         return XLA_LAYERS
-    if choice == 'auto' and isa not in TUNED:
-        logging.info("CPU kernels built for %s are not tuned for it; using XLA's ops "
-                     "(--config.cpu_kernels=kernels uses them anyway)", isa)
+    if choice == 'auto' and not _tuned(isa):
         return XLA_LAYERS
     return _CONVOLUTIONS if choice == 'conv' else _ALL_KERNELS
+
+
+def _tuned(isa: str | None) -> bool:
+    """Whether 'auto' uses the kernels built with `isa`'s tiles (None: not known yet)."""
+    if isa is None or isa in TUNED:
+        return True
+    logging.info("The CPU kernels are not tuned for %s; using XLA's ops "
+                 '(--config.cpu_kernels=kernels uses them anyway)', isa)
+    return False

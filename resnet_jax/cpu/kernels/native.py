@@ -1,9 +1,10 @@
 """Builds the C++ kernels of this package for the host CPU and registers them with XLA.
 
 The sources ship with the package and are compiled into one library on first use, with
-the system's C++ compiler (`$CXX`, else `c++`) for this CPU (`-march=native`), against the
+the system's C++ compiler (`$CXX`, else `c++`) for this CPU (`-march=native`, or the target
+`$RESNET_JAX_KERNEL_MARCH` names), against the
 XLA FFI headers of the installed jaxlib. The library is cached under
-`$RESNET_JAX_KERNEL_CACHE` (default `~/.cache/resnet_jax/cpu/kernels`), keyed by the sources,
+`$RESNET_JAX_KERNEL_CACHE` (default `~/.cache/resnet_jax/kernels`), keyed by the sources,
 compiler, flags, jaxlib and CPU, so a later start, or another process, loads it in
 milliseconds. Nothing is built on GPU or TPU hosts unless asked for."""
 
@@ -67,6 +68,21 @@ def _cpu_identity() -> str:
     first = text.split('\n\n', 1)[0]
     keep = ('model name', 'flags', 'Features', 'CPU part')
     return '\n'.join(line for line in first.splitlines() if line.split(':')[0].strip() in keep)
+
+
+def host_isa() -> str | None:
+    """The tiles (`ISAS`) a build for this CPU will have, without building: from the CPU's
+    flags on Linux, 'generic' on other machines that are not x86-64; None where that is
+    not known (a target other than native, or x86-64 without /proc/cpuinfo)."""
+    if target_arch() != 'native':
+        return None
+    try:
+        flags = set(Path('/proc/cpuinfo').read_text().split())
+    except OSError:
+        return None if platform.machine().lower() in ('x86_64', 'amd64') else 'generic'
+    if 'avx512f' in flags:
+        return 'avx512'
+    return 'avx2' if {'avx2', 'fma'} <= flags else 'generic'
 
 
 def _compiler_version(compiler: str) -> str:
