@@ -28,15 +28,14 @@
 
 namespace {
 
-using namespace resnet_jax;  // NOLINT: v16, Load, Store, ParallelFor, NumWorkers, ffi
+using namespace resnet_jax;  // NOLINT: vfloat, vint, kLanes, LoadVector, StoreVector, ParallelFor, ffi
 
-using vi16 = int32_t __attribute__((vector_size(64), aligned(4)));
 
 // Keeps v where keep is true (all bits set), 0 elsewhere.
-inline v16 Select(vi16 keep, v16 v) { return (v16)((vi16)v & keep); }
+inline vfloat Select(vint keep, vfloat v) { return (vfloat)((vint)v & keep); }
 
 // max(v, 0) that keeps NaN (as jax.nn.relu does), so that a diverged run shows as such.
-inline v16 Relu(v16 v) { return Select(~(vi16)(v < v16{}), v); }
+inline vfloat Relu(vfloat v) { return Select(~(vint)(v < vfloat{}), v); }
 
 // Rows per chunk: about 16K floats, so that a chunk stays in L2 while each group of 16
 // channels is summed over it. Depends only on C: sums are the same on every machine.
@@ -92,14 +91,14 @@ std::vector<double> ChunkedSums(ffi::ThreadPool& pool, Rows rows, F terms) {
   std::vector<double> partial(chunks * 2 * C, 0.0);
   ForRows(pool, rows, [&](int64_t r0, int64_t r1) {
     double* out = partial.data() + (r0 / chunk_rows) * 2 * C;
-    for (int64_t c = 0; c < C; c += 16) {
-      v16 sum = {}, sum_product = {};
+    for (int64_t c = 0; c < C; c += kLanes) {
+      vfloat sum = {}, sum_product = {};
       for (int64_t r = r0; r < r1; ++r) {
         const auto [u, v] = terms(r * C + c, c);
         sum += u;
         sum_product += u * v;
       }
-      for (int k = 0; k < 16; ++k) {
+      for (int k = 0; k < kLanes; ++k) {
         out[c + k] += sum[k];
         out[C + c + k] += sum_product[k];
       }
@@ -123,7 +122,7 @@ ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   // sums nor E[d^2] - E[d]^2 lose the digits of a variance that is small beside the mean.
   const float* shift = xs;
   const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t i, int64_t c) {
-    const v16 d = Load(xs + i) - Load(shift + c);
+    const vfloat d = LoadVector(xs + i) - LoadVector(shift + c);
     return std::pair(d, d);
   });
   float* out = stats->typed_data();
@@ -148,11 +147,11 @@ ffi::Error Apply(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
   float* ys = y->typed_data();
   ForRows(pool, *rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < C; c += 16) {
+      for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t i = r * C + c;
-        v16 v = Load(xs + i) * Load(a + c) + Load(b + c);
-        if (residual != nullptr) v += Load(residual + i);
-        Store(ys + i, relu ? Relu(v) : v);
+        vfloat v = LoadVector(xs + i) * LoadVector(a + c) + LoadVector(b + c);
+        if (residual != nullptr) v += LoadVector(residual + i);
+        StoreVector(ys + i, relu ? Relu(v) : v);
       }
     }
   });
@@ -174,9 +173,9 @@ ffi::Error ApplyAdd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
 }
 
 // dz: dy where the forward output y is positive (with the ReLU), else dy.
-inline v16 OutputGrad(const float* dy, const float* y, int64_t i, bool relu) {
-  const v16 g = Load(dy + i);
-  return relu ? Select((vi16)(Load(y + i) > v16{}), g) : g;
+inline vfloat OutputGrad(const float* dy, const float* y, int64_t i, bool relu) {
+  const vfloat g = LoadVector(dy + i);
+  return relu ? Select((vint)(LoadVector(y + i) > vfloat{}), g) : g;
 }
 
 ffi::Error CheckGradShapes(const ffi::Buffer<ffi::F32>& dy, const ffi::Buffer<ffi::F32>& y,
@@ -199,7 +198,7 @@ ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   const float *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
   const float* mu = mean.typed_data();
   const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t i, int64_t c) {
-    return std::pair(OutputGrad(gs, ys, i, relu), Load(xs + i) - Load(mu + c));
+    return std::pair(OutputGrad(gs, ys, i, relu), LoadVector(xs + i) - LoadVector(mu + c));
   });
   float* out = sums_out->typed_data();
   for (int64_t i = 0; i < 2 * C; ++i) out[i] = float(sums[i]);
@@ -222,12 +221,12 @@ ffi::Error GradInput(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& dy,
   float* dxs = dx->typed_data();
   ForRows(pool, *rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < C; c += 16) {
+      for (int64_t c = 0; c < C; c += kLanes) {
         const int64_t i = r * C + c;
-        const v16 dz = OutputGrad(gs, ys, i, relu);
-        Store(dxs + i, dz * Load(p + c) + (Load(xs + i) - Load(mu + c)) * Load(q + c) +
-                           Load(s + c));
-        if (dz_out != nullptr) Store(dz_out + i, dz);
+        const vfloat dz = OutputGrad(gs, ys, i, relu);
+        StoreVector(dxs + i, dz * LoadVector(p + c) + (LoadVector(xs + i) - LoadVector(mu + c)) * LoadVector(q + c) +
+                           LoadVector(s + c));
+        if (dz_out != nullptr) StoreVector(dz_out + i, dz);
       }
     }
   });

@@ -27,7 +27,7 @@
 
 namespace {
 
-using namespace resnet_jax;  // NOLINT: v16, Load, Store, ParallelFor, NumWorkers, ffi
+using namespace resnet_jax;  // NOLINT: vfloat, kLanes, LoadVector, StoreVector, ParallelFor, ffi
 
 // A thread's zero-padded copy of some rows of one image: rows x cols pixels of c channels.
 // Only the interior is written per call, so the zero border is kept while the shape stays.
@@ -62,26 +62,27 @@ template <int WB, int NO, int STEP>
 void ForwardRowWithStep(const float* slab, int64_t slab_cols, int64_t K, int64_t stride,
                         int64_t C, int64_t O, const float* kernel, int64_t W, float* out,
                         int64_t o0) {
+  constexpr int NV = NO * 16 / kLanes;  // the target's vectors per column of the tile
   const int64_t step = STEP > 0 ? STEP : stride * C;
   for (int64_t w0 = 0; w0 < W; w0 += WB) {
-    v16 acc[WB][NO] = {};
+    vfloat acc[WB][NV] = {};
     for (int64_t i = 0; i < K; ++i) {
       for (int64_t j = 0; j < K; ++j) {
         const float* xs = slab + (i * slab_cols + w0 * stride + j) * C;
         const float* ks = kernel + (i * K + j) * C * O + o0;
         for (int64_t c = 0; c < C; ++c) {
-          v16 k[NO];
-          for (int q = 0; q < NO; ++q) k[q] = Load(ks + c * O + 16 * q);
+          vfloat k[NV];
+          for (int q = 0; q < NV; ++q) k[q] = LoadVector(ks + c * O + kLanes * q);
           for (int p = 0; p < WB; ++p) {
             const float xv = xs[p * step + c];
-            for (int q = 0; q < NO; ++q) acc[p][q] += xv * k[q];
+            for (int q = 0; q < NV; ++q) acc[p][q] += xv * k[q];
           }
         }
       }
     }
     const int64_t valid = std::min<int64_t>(WB, W - w0);
     for (int64_t p = 0; p < valid; ++p) {
-      for (int q = 0; q < NO; ++q) Store(out + (w0 + p) * O + o0 + 16 * q, acc[p][q]);
+      for (int q = 0; q < NV; ++q) StoreVector(out + (w0 + p) * O + o0 + kLanes * q, acc[p][q]);
     }
   }
 }
@@ -209,25 +210,28 @@ template <int CB, int NO>
 void WeightGradTile(const float* slab, int64_t slab_cols, int64_t stride, int64_t H, int64_t W,
                     int64_t C, const float* dy, int64_t O, int64_t i, int64_t j, int64_t c0,
                     int64_t o0, float* dk_tap) {
-  v16 acc[CB][NO];
+  constexpr int NV = NO * 16 / kLanes;  // the target's vectors per input channel
+  vfloat acc[CB][NV];
   for (int c = 0; c < CB; ++c) {
-    for (int q = 0; q < NO; ++q) acc[c][q] = Load(dk_tap + (c0 + c) * O + o0 + 16 * q);
+    for (int q = 0; q < NV; ++q) {
+      acc[c][q] = LoadVector(dk_tap + (c0 + c) * O + o0 + kLanes * q);
+    }
   }
   const int64_t step = stride * C;
   for (int64_t h = 0; h < H; ++h) {
     const float* xs = slab + ((h * stride + i) * slab_cols + j) * C + c0;
     const float* gs = dy + h * W * O + o0;
     for (int64_t w = 0; w < W; ++w) {
-      v16 g[NO];
-      for (int q = 0; q < NO; ++q) g[q] = Load(gs + w * O + 16 * q);
+      vfloat g[NV];
+      for (int q = 0; q < NV; ++q) g[q] = LoadVector(gs + w * O + kLanes * q);
       for (int c = 0; c < CB; ++c) {
         const float xv = xs[w * step + c];
-        for (int q = 0; q < NO; ++q) acc[c][q] += xv * g[q];
+        for (int q = 0; q < NV; ++q) acc[c][q] += xv * g[q];
       }
     }
   }
   for (int c = 0; c < CB; ++c) {
-    for (int q = 0; q < NO; ++q) Store(dk_tap + (c0 + c) * O + o0 + 16 * q, acc[c][q]);
+    for (int q = 0; q < NV; ++q) StoreVector(dk_tap + (c0 + c) * O + o0 + kLanes * q, acc[c][q]);
   }
 }
 

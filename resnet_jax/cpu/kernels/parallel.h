@@ -1,5 +1,5 @@
-// What the kernels of this package share: 16-float vectors and a parallel loop over XLA's
-// intra-op thread pool.
+// What the kernels of this package share: the target's vectors and a parallel loop over
+// XLA's intra-op thread pool.
 
 #ifndef RESNET_JAX_KERNELS_PARALLEL_H_
 #define RESNET_JAX_KERNELS_PARALLEL_H_
@@ -9,7 +9,6 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -20,16 +19,23 @@ namespace resnet_jax {
 
 namespace ffi = xla::ffi;
 
-// 16 floats: one AVX-512 register, two AVX2 ones. Unaligned loads and stores.
-using v16 = float __attribute__((vector_size(64), aligned(4)));
+// The target's own vector: 16 floats with AVX-512, 8 with AVX, else 4 (SSE, NEON); wider
+// generic vectors than the registers GCC keeps in memory. Activations have a multiple of
+// 16 channels, so of kLanes too. Accessed through pointers to floats (may_alias), unaligned
+// (aligned(4)).
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+using vfloat = float __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
+using vint = int32_t __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
 
-inline v16 Load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+inline vfloat LoadVector(const float* p) { return *reinterpret_cast<const vfloat*>(p); }
 
-inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void StoreVector(float* p, vfloat v) { *reinterpret_cast<vfloat*>(p) = v; }
 
 inline int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), tasks));

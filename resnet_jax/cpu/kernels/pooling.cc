@@ -19,9 +19,8 @@
 
 namespace {
 
-using namespace resnet_jax;  // NOLINT: v16, Load, Store, ParallelFor, NumWorkers, ffi
+using namespace resnet_jax;  // NOLINT: vfloat, vint, kLanes, LoadVector, StoreVector, ParallelFor, ffi
 
-using vi16 = int32_t __attribute__((vector_size(64), aligned(4)));
 
 struct Pool {
   int64_t n, h, w, c, ho, wo, window, stride, padding;
@@ -48,9 +47,9 @@ ffi::ErrorOr<Pool> PoolOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y
 
 // Keeps the running maximum and the window position it came from: a later value replaces
 // it only if strictly greater, or NaN (where the maximum so far is not).
-inline void Consider(v16 v, int32_t position, v16& best, vi16& where) {
-  const vi16 take = (vi16)(v > best) | ((vi16)(v != v) & ~(vi16)(best != best));
-  best = (v16)(((vi16)v & take) | ((vi16)best & ~take));
+inline void Consider(vfloat v, int32_t position, vfloat& best, vint& where) {
+  const vint take = (vint)(v > best) | ((vint)(v != v) & ~(vint)(best != best));
+  best = (vfloat)(((vint)v & take) | ((vint)best & ~take));
   where = (position & take) | (where & ~take);
 }
 
@@ -64,12 +63,12 @@ void ForRowWindows(const float* x, const Pool& p, int64_t oh, F body) {
   for (int64_t ow = 0; ow < p.wo; ++ow) {
     int64_t w0, w1;
     p.Span(ow, p.w, w0, w1);
-    for (int64_t c = 0; c < p.c; c += 16) {
-      v16 best = v16{} - __builtin_inff();
-      vi16 where = {};
+    for (int64_t c = 0; c < p.c; c += kLanes) {
+      vfloat best = vfloat{} - __builtin_inff();
+      vint where = {};
       for (int64_t h = h0; h < h1; ++h) {
         for (int64_t w = w0; w < w1; ++w) {
-          Consider(Load(x + (h * p.w + w) * p.c + c), int32_t(h * p.w + w), best, where);
+          Consider(LoadVector(x + (h * p.w + w) * p.c + c), int32_t(h * p.w + w), best, where);
         }
       }
       body(ow, c, best, where, h0, h1, w0, w1);
@@ -88,8 +87,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuf
     const int64_t n = row / p->ho, oh = row % p->ho;
     float* out = ys + (n * p->ho + oh) * p->wo * p->c;
     ForRowWindows(xs + n * p->h * p->w * p->c, *p, oh,
-                  [&](int64_t ow, int64_t c, v16 best, vi16, int64_t, int64_t, int64_t,
-                      int64_t) { Store(out + ow * p->c + c, best); });
+                  [&](int64_t ow, int64_t c, vfloat best, vint, int64_t, int64_t, int64_t,
+                      int64_t) { StoreVector(out + ow * p->c + c, best); });
   });
   return ffi::Error::Success();
 }
@@ -113,13 +112,14 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
     std::memset(dxi, 0, image * sizeof(float));
     for (int64_t oh = 0; oh < p->ho; ++oh) {
       const float* g_row = gs + (n * p->ho + oh) * p->wo * p->c;
-      ForRowWindows(xi, *p, oh, [&](int64_t ow, int64_t c, v16, vi16 where, int64_t h0,
+      ForRowWindows(xi, *p, oh, [&](int64_t ow, int64_t c, vfloat, vint where, int64_t h0,
                                     int64_t h1, int64_t w0, int64_t w1) {
-        const v16 g = Load(g_row + ow * p->c + c);
+        const vfloat g = LoadVector(g_row + ow * p->c + c);
         for (int64_t h = h0; h < h1; ++h) {
           for (int64_t w = w0; w < w1; ++w) {
             float* d = dxi + (h * p->w + w) * p->c + c;
-            Store(d, Load(d) + (v16)((vi16)g & (where == int32_t(h * p->w + w))));
+            const vint mine = where == int32_t(h * p->w + w);
+            StoreVector(d, LoadVector(d) + (vfloat)((vint)g & mine));
           }
         }
       });
