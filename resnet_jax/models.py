@@ -92,7 +92,7 @@ class _Block(nn.Module):
 
     expansion: ClassVar[int]
 
-    def _conv3x3(self, strides: int, name: str) -> nn.Conv:
+    def _conv3x3(self, strides: int, name: str) -> nn.Module:
         return _conv(self.layers, self.width, 3, strides, self.dtype, name)
 
     def _merge(self, x: jax.Array, branch: jax.Array, bn_name: str) -> jax.Array:

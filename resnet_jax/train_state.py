@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from resnet_jax import parallel
+from resnet_jax import backend, parallel
 
 
 @flax.struct.dataclass
@@ -51,5 +51,6 @@ def create_train_state(
 def train_state_bytes(model: nn.Module, tx: optax.GradientTransformation,
                       image_size: int) -> int:
     """Size of one copy of the state (what a checkpoint writes), found without computing."""
-    shapes = jax.eval_shape(_initializer(model, tx, image_size), jax.random.key(0, impl='rbg'))
+    init_key, _ = backend.run_keys(0)
+    shapes = jax.eval_shape(_initializer(model, tx, image_size), init_key)
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
