@@ -25,6 +25,7 @@ from resnet_jax import (
     in_memory,
     metrics,
     optim,
+    packages,
     parallel,
     preemption,
     train_state,
@@ -86,8 +87,8 @@ def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None
 def open_input(config: ml_collections.ConfigDict, mesh):
     """The input of the run: in memory (on the device) or streamed (tf.data on the hosts)."""
     if configs.pipeline(config) == 'streaming':
-        from resnet_jax import streaming_input  # imports TensorFlow
-
+        streaming_input = packages.import_for(  # imports TensorFlow
+            'resnet_jax.streaming_input', f'dataset={config.dataset!r}, streamed,')
         return streaming_input.StreamingInput(config, mesh)
     return in_memory.InMemoryInput(config, mesh)
 
