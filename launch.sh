@@ -9,7 +9,7 @@
 #       [--account A] [--time HH:MM:SS] --config FILE[:ARG] --workdir DIR [--config...]
 #
 # tpu: copies this repository to every worker of the slice NAME, installs it (a Python
-# 3.11 venv and `pip install -e '.[tpu,tfds]'`), then starts the same command on all workers at
+# 3.11 venv and `pip install -e '.[tpu]'`), then starts the same command on all workers at
 # once; their output streams here. With --accelerator it first creates the slice when it
 # does not exist. Every worker runs `python -m resnet_jax.main`, which starts JAX's
 # distributed runtime itself (it detects the TPU VM); the workdir must be a bucket that
@@ -180,7 +180,7 @@ launch_tpu() {
   local install='set -e; rm -rf resnet_jax; mkdir resnet_jax; tar -xzf resnet_jax.tar.gz -C resnet_jax'
   install+='; python3 -m pip install --user --quiet --upgrade uv'
   install+='; python3 -m uv venv --allow-existing --python 3.11 resnet_jax_venv'
-  install+='; cd resnet_jax && python3 -m uv pip install --quiet --python ../resnet_jax_venv/bin/python -e ".[tpu,tfds]"'
+  install+='; cd resnet_jax && python3 -m uv pip install --quiet --python ../resnet_jax_venv/bin/python -e ".[tpu]"'
   local job
   job="cd resnet_jax && ../resnet_jax_venv/bin/python -m resnet_jax.main $(join_quoted \
     --config "$config_rel" --workdir "$workdir" ${overrides[@]+"${overrides[@]}"})"

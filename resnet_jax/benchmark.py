@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -404,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend.configure_process(args.keep_freed_memory)  # before JAX starts
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error('--steps and --repeats must be positive, --warmup >= 0')
+    json_dir = os.path.dirname(os.path.abspath(args.json)) if args.json else None
+    if json_dir and not os.path.isdir(json_dir):  # found now, not after the whole run
+        parser.error(f'--json {args.json}: the folder {json_dir} does not exist')
     try:
         config = load_config(args.config, args.batch_size, args.dtype)
     except (configs.ConfigError, ValueError) as error:

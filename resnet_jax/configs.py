@@ -105,7 +105,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     # False: a non-finite loss stops the run. True: such steps are skipped (no update).
     config.skip_nonfinite_steps = False
 
-    config.log_every_steps = 100
+    config.log_every_steps = 100  # a line and a metrics record (averaged over the steps).
+    # A console progress line (step, loss, images/s, ETA) after the first step and then at
+    # least this often, whatever log_every_steps is; 0: only every log_every_steps.
+    config.log_every_seconds = 30.0
+    # Train steps dispatched but not yet finished: the loop waits for step N-k+1 before it
+    # dispatches step N+1. 2 keeps the device busy while the host dispatches the next step,
+    # and bounds SIGTERM -> checkpoint to about two steps plus the save.
+    config.steps_in_flight = 2
     config.eval_every_steps = 0  # 0: evaluate only at the end.
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
@@ -228,6 +235,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                   'checkpoint_every_steps'):
         check(config[field] > 0, f'{field}={config[field]} must be positive')
     check(config.eval_every_steps >= 0, 'eval_every_steps must be >= 0 (0: only at the end)')
+    check(config.log_every_seconds >= 0,
+          'log_every_seconds must be >= 0 (0: a line only every log_every_steps)')
+    check(config.steps_in_flight >= 1, 'steps_in_flight must be >= 1')
     check(config.pad_pixels >= 0, 'pad_pixels must be >= 0')
     check(config.total_steps is not None or config.num_epochs is not None,
           'set total_steps or num_epochs (total_steps wins when both are set)')

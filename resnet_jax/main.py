@@ -19,7 +19,15 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import backend, checkpoint, configs, distributed, preemption, train
+from resnet_jax import (
+    backend,
+    checkpoint,
+    configs,
+    distributed,
+    packages,
+    preemption,
+    train,
+)
 from resnet_jax.data import arrays
 
 FLAGS = flags.FLAGS
@@ -49,6 +57,39 @@ flags.DEFINE_string(
     'skips compiling; empty disables it.')
 
 
+def _last_line(error: Exception) -> str:
+    """What an error says, on one line: a traceback or a list of attempts ends with it."""
+    while error.args and isinstance(error.args[0], Exception):  # ml_collections wraps
+        error = error.args[0]
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if isinstance(error, KeyError):  # a misspelt override: the name, then a suggestion
+        return ' '.join(lines)
+    return lines[-1] if lines else type(error).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a config file that fails to load as a one-line error.
+
+    config_flags puts the config file's traceback into its error message, and defers a
+    missing file or a misspelt override to the first read of the config; both are read
+    here, before JAX starts, and reported in one line.
+    """
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.keys()
+    except flags.Error as error:
+        _fail(f'FATAL Flags parsing error: {_last_line(error)}')
+    except Exception as error:  # noqa: BLE001 - whatever the config file raises
+        _fail(f'FATAL Flags parsing error: --config: {_last_line(error)}')
+    return argv
+
+
+def _fail(line: str) -> None:
+    sys.stderr.write(f'{line}\nPass --helpshort or --helpfull to see help on flags.\n')
+    sys.exit(1)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -75,8 +116,9 @@ def main(argv):
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except preemption.Preempted:
         sys.exit(preemption.PREEMPTED_EXIT_CODE)  # the checkpoint is committed; rerun to go on
-    except (configs.ConfigError, arrays.DatasetNotFoundError, train.NonFiniteLossError,
-            train.WorkdirError, checkpoint.IncompatibleCheckpointError,
+    except (configs.ConfigError, arrays.DatasetNotFoundError, arrays.DataError,
+            packages.MissingPackageError, train.NonFiniteLossError, train.WorkdirError,
+            checkpoint.IncompatibleCheckpointError,
             checkpoint.UnreadableCheckpointsError) as error:
         # Errors of the user's making: the message says what to fix; no traceback.
         logging.error('%s: %s', type(error).__name__, error)
@@ -84,4 +126,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

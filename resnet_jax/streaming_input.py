@@ -67,13 +67,17 @@ class StreamingInput:
         """Exact evaluation of the eval split in `mode` (default: the first eval mode)."""
         mode = mode or self.eval_modes[0]
         start = time.perf_counter()
+        index, count = jax.process_index(), jax.process_count()
         examples = streaming.eval_dataset(
-            self.source, self.augmentation, mode, process_index=jax.process_index(),
-            process_count=jax.process_count(), threads=self.config.streaming.threads)
+            self.source, self.augmentation, mode, process_index=index, process_count=count,
+            threads=self.config.streaming.threads)
+        candidates = (streaming.eval_indices(self.source, index, count)
+                      if self.source.random_access else None)
         variables = self.predictor.local_variables(state)
         local_batch = self.config.eval_batch_size // jax.process_count()
         totals = evaluation.evaluate_views(
-            lambda views: self.predictor(variables, views), examples.as_numpy_iterator(),
+            lambda views: self.predictor(variables, views),
+            streaming.numpy_items(examples, self.source, self.eval_split, candidates),
             local_batch, pixels_per_batch=local_batch * self.image_size**2,
             multiple=self.predictor.num_devices)
         results = evaluation.as_metrics(evaluation.sum_over_processes(totals),

@@ -1,12 +1,15 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Everything that can fail fast (the config, the device count, the workdir, the data)
-is checked before the first compilation. The loop never waits on the device except
-every `log_every_steps`, at evaluations and at checkpoints.
+is checked before the first compilation. The loop keeps at most `steps_in_flight` steps
+dispatched ahead of the device (it waits for a step's small metrics, never for the
+state), and fetches metrics only every `log_every_steps`, for a progress line every
+`log_every_seconds`, at evaluations and at checkpoints.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 
@@ -23,6 +26,7 @@ from resnet_jax import (
     in_memory,
     metrics,
     optim,
+    packages,
     parallel,
     preemption,
     train_state,
@@ -77,8 +81,8 @@ def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None
 def open_input(config: ml_collections.ConfigDict, mesh):
     """The input of the run: in memory (on the device) or streamed (tf.data on the hosts)."""
     if configs.pipeline(config) == 'streaming':
-        from resnet_jax import streaming_input  # imports TensorFlow
-
+        streaming_input = packages.import_for(  # imports TensorFlow
+            'resnet_jax.streaming_input', f'dataset={config.dataset!r}, streamed,')
         return streaming_input.StreamingInput(config, mesh)
     return in_memory.InMemoryInput(config, mesh)
 
@@ -171,16 +175,24 @@ class _Loop:
         self.writer = writer
         self.eval_split = eval_split
         self.pending: list[tuple[int, dict]] = []  # metrics not yet fetched from the device
+        # (steps done, metrics) of steps dispatched and not yet seen to finish.
+        self.in_flight: collections.deque[tuple[int, dict]] = collections.deque()
+        self.finished = start_step  # steps known to have finished on the device
         self.input_wait = 0.0  # seconds spent waiting for input since the last log
-        self.last_log = (start_step, time.perf_counter())
+        self.last_log = (start_step, time.perf_counter())  # the last metrics record
+        self.last_line = self.last_log  # the last console line (record or progress)
+        self.start_step = start_step
         self.params_finite = jax.jit(lambda tree: jnp.all(jnp.array(
             [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)])))
 
     def after_step(self, step: int, state, step_metrics, stop: preemption.StopRequest):
         config, done = self.config, step + 1
         self.pending.append((step, step_metrics))
+        self.wait_for_steps_in_flight(done, step_metrics)
         if done % config.log_every_steps == 0 or done == self.total_steps:
             self.flush_metrics(done)
+        elif self.progress_due():
+            self.log_progress()
         preempted = stop.requested or (
             jax.process_count() > 1 and self.checkpointer.reached_preemption(done))
         if done % config.checkpoint_every_steps == 0 or done == self.total_steps or preempted:
@@ -190,6 +202,38 @@ class _Loop:
             error = preemption.Preempted(done, stop.seconds_since())
             logging.warning('%s', error)
             raise error
+
+    def wait_for_steps_in_flight(self, done: int, step_metrics) -> None:
+        """Blocks until at most `steps_in_flight` - 1 steps are still running on the device.
+
+        Without a bound, dispatch runs dozens of steps ahead, and a SIGTERM (or a log line,
+        or an evaluation) waits for all of them. Waiting on the metrics (a few scalars) of
+        an older step costs nothing while a newer one keeps the device busy.
+        """
+        self.in_flight.append((done, step_metrics))
+        while len(self.in_flight) >= self.config.steps_in_flight:
+            self.finished, oldest = self.in_flight.popleft()
+            jax.block_until_ready(oldest)
+
+    def progress_due(self) -> bool:
+        """After the first finished step of this process, then every `log_every_seconds`."""
+        period = self.config.log_every_seconds
+        if not period or self.finished <= self.last_line[0]:
+            return False
+        return (self.last_line[0] == self.start_step
+                or time.perf_counter() - self.last_line[1] >= period)
+
+    def log_progress(self) -> None:
+        """A console line from the steps that have finished: no wait on the device."""
+        since, then = self.last_line
+        values = jax.device_get([m for at, m in self.pending if since <= at < self.finished])
+        now = time.perf_counter()
+        images_per_sec = (self.finished - since) * self.config.batch_size / (now - then)
+        eta = (self.total_steps - self.finished) * self.config.batch_size / images_per_sec
+        logging.info('step %d/%d | loss %.4f | %.0f img/s | ETA %s', self.finished,
+                     self.total_steps, _finite_mean([v['loss'] for v in values]),
+                     images_per_sec, _format_duration(eta))
+        self.last_line = (self.finished, now)
 
     def save(self, done: int, state) -> None:
         self.flush_metrics(done)  # never save a state that followed a non-finite loss
@@ -204,6 +248,8 @@ class _Loop:
         if not self.pending:
             return
         fetched = jax.device_get([m for _, m in self.pending])
+        self.in_flight.clear()
+        self.finished = step
         for (at, _), values in zip(self.pending, fetched, strict=True):
             if not np.isfinite(values['loss']) and not self.config.skip_nonfinite_steps:
                 raise NonFiniteLossError(
@@ -222,6 +268,7 @@ class _Loop:
         # the input keeps up with the device, large when the run is input-bound.
         input_wait = min(1.0, self.input_wait / elapsed)
         self.last_log, self.input_wait = (step, now), 0.0
+        self.last_line = self.last_log
         eta = (self.total_steps - step) * self.config.batch_size / images_per_sec
         self.writer.write(step, {f'train/{k}': v for k, v in means.items()}
                           | {'train/images_per_sec': images_per_sec,
@@ -244,4 +291,5 @@ class _Loop:
                      100 * results['top5_accuracy'], results['loss'])
         # Keep evaluation out of the images/s and the input wait.
         self.last_log, self.input_wait = (step, time.perf_counter()), 0.0
+        self.last_line = self.last_log
         return results

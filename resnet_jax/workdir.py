@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import jax
@@ -13,9 +14,23 @@ class WorkdirError(OSError):
     """The workdir cannot be created or written, or has no room for the checkpoints."""
 
 
+def resolve_workdir(workdir: str) -> str:
+    """The workdir as an absolute path: `~` expanded, relative to the current directory.
+
+    Orbax accepts only absolute checkpoint paths, and a run that changes directory must
+    keep writing to the same place; a bucket (gs://...) is returned unchanged.
+    """
+    if '://' in workdir:
+        return workdir
+    return os.path.abspath(os.path.expanduser(workdir))
+
+
 def prepare_workdir(workdir: str) -> epath.Path:
-    """Creates the workdir (a local path or a bucket such as gs://...) and proves it writable."""
-    path = epath.Path(workdir)
+    """Creates the workdir (a local path or a bucket such as gs://...) and proves it writable.
+
+    Returns the resolved path (see `resolve_workdir`); everything after uses only that.
+    """
+    path = epath.Path(resolve_workdir(workdir))
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f'.write_test_{jax.process_index()}'

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax import packages
 from resnet_jax.data import arrays
 
 NUM_CIFAR_TRAIN, NUM_CIFAR_TEST = 50_000, 10_000
@@ -194,7 +195,8 @@ def _make_tfds_cifar10(data_dir):
 def test_tfds_cifar10_without_tfds_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # as if not installed.
     explicit = _make_tfds_cifar10(tmp_path / 'tfds_explicit')
-    with pytest.raises(ImportError, match=r"pip install 'resnet_jax\[tfds\]'"):
+    with pytest.raises(packages.MissingPackageError,
+                       match=r"needs the package 'tensorflow_datasets'.*pip install -e \."):
         arrays.load_dataset('cifar10', str(explicit))
     # Found in tfds's default data dir too, after the image-folder places.
     _make_tfds_cifar10(tmp_path / 'home' / 'tensorflow_datasets')

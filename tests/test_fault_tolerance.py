@@ -244,3 +244,17 @@ def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_run_stops(tmp_p
         train.train_and_evaluate(tiny_config(total_steps=4), str(tmp_path))
     assert (tmp_path / 'checkpoints' / '2').is_dir()
     assert not (tmp_path / 'checkpoints_unreadable').exists()
+
+
+def test_relative_and_home_workdirs_are_resolved_at_the_start(tmp_path, monkeypatch):
+    home, cwd = tmp_path / 'home', tmp_path / 'cwd'
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    monkeypatch.chdir(cwd)
+    assert workdir.resolve_workdir('~/run') == str(home / 'run')
+    assert workdir.resolve_workdir('runs/a') == str(cwd / 'runs' / 'a')
+    assert workdir.resolve_workdir('gs://bucket/run') == 'gs://bucket/run'
+    for given, where in (('~/run', home / 'run'), ('runs/a', cwd / 'runs' / 'a')):
+        train.train_and_evaluate(tiny_config(total_steps=2), given)
+        assert (where / 'checkpoints' / '2').is_dir() and (where / 'final_eval.json').is_file()

@@ -60,7 +60,7 @@ def test_tpu_dry_run_prints_every_command_for_a_v4_32_slice(launch):
     for ssh in (install, job):
         assert ssh[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'r50-pod']
         assert '--worker=all' in ssh
-    assert 'pip install' in install[-1] and '-e ".[tpu,tfds]"' in install[-1]
+    assert 'pip install' in install[-1] and '-e ".[tpu]"' in install[-1]
     # The command every worker runs, as its shell will split it.
     remote = shlex.split(job[-1].removeprefix('--command='))
     assert remote == ['cd', 'resnet_jax', '&&', '../resnet_jax_venv/bin/python', '-m',

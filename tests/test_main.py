@@ -79,6 +79,21 @@ def test_every_cifar_experiment_is_a_valid_paper_recipe(arg):
     assert config.schedule.warmup == (400 if arg == 'resnet110' else 0)
 
 
+def test_the_short_variant_is_the_same_recipe_over_fewer_steps():
+    full = configs.load_config(f'{REPO}/experiments/cifar10.py:resnet20')
+    short = configs.load_config(f'{REPO}/experiments/cifar10.py:resnet20,short')
+    configs.validate_config(short)
+    assert (short.total_steps, tuple(short.schedule.boundaries)) == (2_500, (1_250, 1_875))
+    # The boundaries sit at the same fractions of the run as the paper's 32k and 48k of 64k.
+    assert [b / short.total_steps for b in short.schedule.boundaries] == [
+        b / full.total_steps for b in full.schedule.boundaries]
+    different = {k for k in full.to_dict() if full.to_dict()[k] != short.to_dict()[k]}
+    assert different == {'total_steps', 'schedule', 'log_every_steps', 'eval_every_steps',
+                         'checkpoint_every_steps'}
+    with pytest.raises(ValueError, match="the only one is 'resnet20,short'"):
+        configs.load_config(f'{REPO}/experiments/cifar10.py:resnet20,long')
+
+
 def test_unknown_cifar_experiment_lists_the_valid_ones():
     with pytest.raises(ValueError, match='resnet56'):
         configs.load_config(f'{REPO}/experiments/cifar10.py:resnet57')

@@ -23,7 +23,9 @@ import tempfile
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from resnet_jax import packages
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ CACHE_DIR_ENV = 'RESNET_JAX_CACHE_DIR'
 DEFAULT_CACHE_DIR = '~/.cache/resnet_jax'
 EVAL_SPLIT_FOLDERS = ('test', 'val', 'validation')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.tif', '.tiff', '.webp')
-TFDS_INSTALL_HINT = "pip install 'resnet_jax[tfds]'"
 
 # Folders with fewer files decode in well under a second: caching them would only litter
 # the cache directory (tests, for one, make many small folders).
@@ -87,6 +88,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """No data set where it was looked for; the message lists the paths and how to fix it."""
 
 
+class DataError(ValueError):
+    """The data set is there but cannot be used as it is; the message names the file or part.
+
+    An image that cannot be decoded, images of mixed sizes, a folder that is not the data
+    set it claims to be, or too few examples for what the config asks of it.
+    """
+
+
 def load_dataset(name: str, data_dir: str = '', *, validation_examples: int = 0,
                  image_size: int | None = None, num_classes: int | None = None,
                  num_train_examples: int | None = None, num_eval_examples: int | None = None,
@@ -133,7 +142,7 @@ def hold_out_validation(data: ArrayDataset, validation_examples: int) -> ArrayDa
     """Moves `validation_examples` training examples, the same ones every run, to eval."""
     num_train = len(data.train_labels)
     if not 0 <= validation_examples < num_train:
-        raise ValueError(f'validation_examples={validation_examples} must be >= 0 and less '
+        raise DataError(f'validation_examples={validation_examples} must be >= 0 and less '
                          f'than the {num_train} training examples')
     order = np.random.default_rng(_VALIDATION_SPLIT_SEED).permutation(num_train)
     # Sorted indices keep each side in the data set's own order.
@@ -236,31 +245,27 @@ def _cifar10_not_found_message(tried: Sequence[str]) -> str:
         '  - prepare it with tensorflow-datasets on a machine with internet access '
         "(python -c \"import tensorflow_datasets as tfds; tfds.builder('cifar10')"
         '.download_and_prepare()") and copy its cifar10/ folder into --config.data_dir '
-        f'(reading it needs {TFDS_INSTALL_HINT}).\n'
+        '(tensorflow-datasets, which `pip install -e .` installs, reads it).\n'
         'Nothing is downloaded automatically.')
 
 
 def _check_cifar10(data: ArrayDataset) -> ArrayDataset:
     """The folder must really be CIFAR-10: 32x32 RGB, the ten classes in the usual order."""
     if data.class_names != CIFAR10_CLASSES:
-        raise ValueError(f'{data.source} is not CIFAR-10: its classes are {data.class_names}, '
+        raise DataError(f'{data.source} is not CIFAR-10: its classes are {data.class_names}, '
                          f'expected {CIFAR10_CLASSES}')
     if data.train_images.shape[1:] != CIFAR10_IMAGE_SHAPE:
-        raise ValueError(f'{data.source} is not CIFAR-10: its images are '
+        raise DataError(f'{data.source} is not CIFAR-10: its images are '
                          f'{data.train_images.shape[1:]}, expected {CIFAR10_IMAGE_SHAPE}')
     return data
 
 
 def _load_tfds_cifar10(data_dir: str) -> ArrayDataset:
     """Reads a tfds-prepared cifar10 from data_dir, with download=False."""
-    try:
-        import tensorflow_datasets as tfds  # optional and heavy: imported only here.
-    except ImportError as error:
-        raise ImportError(
-            f'Reading cifar10 from the tfds data dir {data_dir} needs tensorflow-datasets '
-            f'and tensorflow, which are not installed: '
-            f'{TFDS_INSTALL_HINT}. (Or use an image-folder copy of CIFAR-10 instead, which '
-            'needs neither.)') from error
+    # Heavy: imported only here, so that the in-memory path never loads TensorFlow.
+    tfds = packages.import_for(
+        'tensorflow_datasets', f'reading the tfds-prepared cifar10 in {data_dir} (an '
+        'image-folder copy needs neither TensorFlow nor tensorflow-datasets)')
     (train, test), info = tfds.load('cifar10', split=['train', 'test'], data_dir=data_dir,
                                     download=False, batch_size=-1, with_info=True)
     train, test = tfds.as_numpy(train), tfds.as_numpy(test)
@@ -308,7 +313,7 @@ def _load_image_folder(data_dir: str, image_size: int | None) -> ArrayDataset:
         logger.info('Read the decoded images of %s from the cache %s.', root, cache_path)
     train_images, eval_images = arrays
     if train_images.shape[1:] != eval_images.shape[1:]:
-        raise ValueError(f'{root}: train images are {train_images.shape[1:3]} but '
+        raise DataError(f'{root}: train images are {train_images.shape[1:3]} but '
                          f'{listing.eval_split} images are {eval_images.shape[1:3]}; pass '
                          'image_size to resize both')
     return ArrayDataset(train_images, listing.train_labels, eval_images, listing.eval_labels,
@@ -337,10 +342,10 @@ def list_image_folder(root: str) -> ImageFolderListing:
     train_dir, eval_dir = split_dirs
     class_names = tuple(sorted(_subdirs(train_dir)))
     if not class_names:
-        raise ValueError(f'{train_dir} holds no class folders')
+        raise DataError(f'{train_dir} holds no class folders')
     unknown = sorted(set(_subdirs(eval_dir)) - set(class_names))
     if unknown:
-        raise ValueError(f'{eval_dir} has classes that {train_dir} lacks: {unknown}')
+        raise DataError(f'{eval_dir} has classes that {train_dir} lacks: {unknown}')
     stats = {'files': 0, 'bytes': 0, 'newest_mtime_ns': 0}
     train_paths, train_labels = _list_split(train_dir, class_names, stats)
     eval_paths, eval_labels = _list_split(eval_dir, class_names, stats)
@@ -377,7 +382,7 @@ def _list_split(split_dir: str, class_names: Sequence[str],
         paths.extend(e.path for e in files)
         labels.extend([label] * len(files))
     if not paths:
-        raise ValueError(f'{split_dir} holds no images (looked for {", ".join(IMAGE_EXTENSIONS)} '
+        raise DataError(f'{split_dir} holds no images (looked for {", ".join(IMAGE_EXTENSIONS)} '
                          'files in its class folders)')
     return paths, np.asarray(labels, np.int32)
 
@@ -394,7 +399,7 @@ def _decode_images(paths: Sequence[str], image_size: int | None) -> np.ndarray:
     for i in range(1, len(paths)):
         image = _decode_image(paths[i], image_size)
         if image.shape != first.shape:
-            raise ValueError(
+            raise DataError(
                 f'images differ in size: {paths[0]} is {first.shape[1]}x{first.shape[0]} but '
                 f'{paths[i]} is {image.shape[1]}x{image.shape[0]}; pass image_size to resize '
                 'them all to one size')
@@ -415,7 +420,11 @@ def _decode_image(path: str, image_size: int | None) -> np.ndarray:
                 image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
             return np.asarray(image)
     except (OSError, ValueError) as error:
-        raise ValueError(f'cannot decode image {path}: {error}') from error
+        # PIL names neither the file nor the reason in this one ("cannot identify image
+        # file <_io.BytesIO ...>").
+        reason = ('not an image in a format PIL reads' if isinstance(
+            error, UnidentifiedImageError) else str(error))
+        raise DataError(f'cannot decode image {path}: {reason}') from error
 
 
 # ----------------------------------------------------------------------------- cache

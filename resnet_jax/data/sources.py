@@ -14,6 +14,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from resnet_jax import packages
 from resnet_jax.data import arrays
 
 DatasetNotFoundError = arrays.DatasetNotFoundError
@@ -23,7 +24,7 @@ ImageNet (ILSVRC 2012) must be downloaded by hand and prepared once for tensorfl
   1. Register at https://image-net.org/download-images and download
      ILSVRC2012_img_train.tar (138 GB) and ILSVRC2012_img_val.tar (6.3 GB) into a
      folder, say ~/imagenet_tars.
-  2. pip install 'resnet_jax[tfds]'
+  2. pip install -e .  (in the repository; it installs tensorflow-datasets)
   3. tfds build imagenet2012 --manual_dir ~/imagenet_tars --data_dir DATA_DIR
      (a few hours; DATA_DIR may be a gs:// bucket, or copy the result there afterwards).
   4. Run with --config.data_dir=DATA_DIR."""
@@ -61,6 +62,17 @@ class ImageFolderSource:
 
         return indices.map(read_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    def find_undecodable(self, split: str, indices) -> str | None:
+        """The first file among `indices` of `split` that TensorFlow cannot decode, if any."""
+        paths = self._files[split][0]
+        for index in indices:
+            try:
+                tf.io.decode_image(tf.io.read_file(paths[index]), channels=3,
+                                   expand_animations=False)
+            except tf.errors.OpError:
+                return paths[index]
+        return None
+
 
 class TfdsSource:
     """A tfds-prepared image classification data set ('image' and 'label' features)."""
@@ -68,8 +80,7 @@ class TfdsSource:
     random_access = False
 
     def __init__(self, name: str, data_dir: str):
-        import tensorflow_datasets as tfds
-
+        tfds = packages.import_for('tensorflow_datasets', f'the tfds data set {name!r}')
         self._tfds = tfds
         start = time.perf_counter()
         self.builder = tfds.builder(name, data_dir=data_dir or None)
@@ -109,6 +120,22 @@ class TfdsSource:
             shuffle_files=shuffle_seed is not None, read_config=read_config,
             decoders={'image': tfds.decode.SkipDecoding()})
         return dataset.map(lambda example: (example['image'], tf.cast(example['label'], tf.int32)))
+
+
+def read_error(source, split: str, candidates, error: tf.errors.OpError) -> arrays.DataError:
+    """A one-line DataError for a failed read: the file's path where the source has files.
+
+    tf.data's decode errors do not say which example failed. For an image folder the
+    examples from `candidates` on (the order in which they were read) are decoded one by
+    one to find it; this happens only after a failure.
+    """
+    reason = (error.message or type(error).__name__).splitlines()[0]
+    path = (source.find_undecodable(split, candidates)
+            if source.random_access and candidates is not None else None)
+    if path is not None:
+        return arrays.DataError(f'cannot decode image {path}: {reason}')
+    return arrays.DataError(f'cannot read an example of the {split} split of '
+                            f'{source.description}: {reason}')
 
 
 def _not_prepared_message(name: str, looked_in: str, seconds: float) -> str:

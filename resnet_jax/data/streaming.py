@@ -127,7 +127,10 @@ class TrainStream:
         while True:
             started = time.perf_counter()
             dataset = self.epoch_dataset(epoch, first_step=position)
-            for i, (images, labels) in enumerate(dataset.as_numpy_iterator()):
+            candidates = (self.local_indices(epoch)[position:].reshape(-1)
+                          if self.source.random_access else None)
+            for i, (images, labels) in enumerate(
+                    numpy_items(dataset, self.source, 'train', candidates, self.local_batch)):
                 if i == 0 and position:
                     logger.info('Resumed the input of epoch %d at step %d of %d in %.1f s.',
                                 epoch, position, self.steps_per_epoch,
@@ -139,9 +142,7 @@ class TrainStream:
         """Batches of one epoch from step `first_step` of it on."""
         local, steps = self.local_batch, self.steps_per_epoch
         if self.source.random_access:
-            order = sources.random_order(self.seed, epoch, self.source.num_examples('train'))
-            columns = slice(self.process_index * local, (self.process_index + 1) * local)
-            indices = order[:steps * self.global_batch].reshape(steps, -1)[first_step:, columns]
+            indices = self.local_indices(epoch)[first_step:]
             positions = self._positions(np.arange(first_step * local, steps * local))
             records = self.source.read('train', tf.data.Dataset.from_tensor_slices(
                 (indices.reshape(-1), positions)))
@@ -166,11 +167,44 @@ class TrainStream:
         dataset = dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
         return dataset.with_options(_options(self.threads))
 
+    def local_indices(self, epoch: int) -> np.ndarray:
+        """[steps, local batch]: this process's examples of each step of an epoch."""
+        local, steps = self.local_batch, self.steps_per_epoch
+        order = sources.random_order(self.seed, epoch, self.source.num_examples('train'))
+        columns = slice(self.process_index * local, (self.process_index + 1) * local)
+        return order[:steps * self.global_batch].reshape(steps, -1)[:, columns]
+
     def _positions(self, local_positions: np.ndarray) -> np.ndarray:
         """Global position in the epoch of this process's local example positions."""
         step, column = np.divmod(local_positions, self.local_batch)
         return (step * self.global_batch + self.process_index * self.local_batch
                 + column).astype(np.int64)
+
+
+def numpy_items(dataset: tf.data.Dataset, source, split: str, candidates: np.ndarray | None,
+                per_item: int = 1) -> Iterator:
+    """The dataset's items as numpy; a read or decode error becomes a one-line DataError.
+
+    `candidates`: the source's example indices in the order the dataset reads them
+    (None where it has none), `per_item` of them per item: the error then names the file.
+    """
+    done = 0
+    iterator = dataset.as_numpy_iterator()
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            rest = None if candidates is None else candidates[done * per_item:]
+            raise sources.read_error(source, split, rest, error) from None
+        done += 1
+        yield item
+
+
+def eval_indices(source, process_index: int, process_count: int) -> np.ndarray:
+    """This process's examples of a random-access source's eval split, in reading order."""
+    return np.arange(process_index, source.num_examples(source.eval_split), process_count)
 
 
 def eval_dataset(source, augmentation: HostAugmentation, mode: str, *, process_index: int,
@@ -181,7 +215,7 @@ def eval_dataset(source, augmentation: HostAugmentation, mode: str, *, process_i
     """
     split = source.eval_split
     if source.random_access:
-        indices = np.arange(process_index, source.num_examples(split), process_count)
+        indices = eval_indices(source, process_index, process_count)
         records = source.read(split, tf.data.Dataset.from_tensor_slices(indices))
     else:
         records = source.stream(split, process_index, process_count, shuffle_seed=None)

@@ -1,0 +1,101 @@
+"""The README's main-job command, run as README.md writes it.
+
+The command is read out of README.md when the test runs (never copied here), run from the
+repository root with its relative workdir and data path; only overrides that shorten the
+run are appended, in this environment without the suite's simulated devices (one CPU
+device, as a user's run has).
+"""
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# Shorter, and nothing else: 6 steps, a checkpoint every 3, a log line every 3.
+SHORTEN = ['--config.total_steps=6', '--config.checkpoint_every_steps=3',
+           '--config.log_every_steps=3', '--config.eval_every_steps=0']
+
+
+def readme_main_job() -> list[str]:
+    """The `python -m resnet_jax.main ...` part of the README's main-job command, as words."""
+    text = (REPO / 'README.md').read_text()
+    section = text.split('## The main job', 1)[1].split('\n## ', 1)[0]
+    commands = [line.strip() for line in section.splitlines()
+                if 'python -m resnet_jax.main' in line and line.startswith('    ')]
+    assert len(commands) == 1, f'expected one main-job command in README.md, got {commands}'
+    parts = [part.strip() for part in commands[0].split('&&')]
+    main = [part for part in parts if part.startswith('python -m resnet_jax.main')]
+    assert len(main) == 1, commands[0]
+    # The earlier parts make the venv and `pip install -e .`: this interpreter is that.
+    assert parts[:-1] == ['python3 -m venv .venv', '. .venv/bin/activate', 'pip install -e .']
+    return shlex.split(main[0])
+
+
+def flag(words: list[str], name: str) -> str:
+    """The value of `--name VALUE` or `--name=VALUE` in a command."""
+    for i, word in enumerate(words):
+        if word == name:
+            return words[i + 1]
+        if word.startswith(f'{name}='):
+            return word.split('=', 1)[1]
+    raise AssertionError(f'{name} not in {words}')
+
+
+@pytest.fixture
+def main_job():
+    """The command, its workdir (relative to the repository root) and its data path."""
+    words = readme_main_job()
+    workdir = flag(words, '--workdir')
+    data_dir = flag(words, '--config.data_dir')
+    assert not pathlib.Path(workdir).is_absolute() and not data_dir.startswith('/')
+    if not (REPO / data_dir).is_dir():
+        pytest.skip(f'the README data path {data_dir} is absent from {REPO / data_dir}')
+    if (REPO / workdir).exists():
+        pytest.skip(f'{REPO / workdir} exists already (a real run?); this test only makes '
+                    'and removes its own')
+    try:
+        yield [sys.executable, *words[1:]], REPO / workdir
+    finally:
+        shutil.rmtree(REPO / workdir, ignore_errors=True)
+        workdirs = (REPO / workdir).parent
+        if workdirs != REPO and workdirs.is_dir() and not any(workdirs.iterdir()):
+            workdirs.rmdir()
+
+
+def user_environment() -> dict[str, str]:
+    """This environment without the suite's 2 simulated devices: one, as on a user's CPU."""
+    flags = os.environ.get('XLA_FLAGS', '').split()
+    return dict(os.environ, XLA_FLAGS=' '.join(
+        f for f in flags if not f.startswith('--xla_force_host_platform_device_count')))
+
+
+@pytest.mark.slow
+def test_the_readme_main_job_trains_saves_evaluates_and_resumes(main_job):
+    command, workdir = main_job
+    first = subprocess.run([*command, *SHORTEN], cwd=REPO, env=user_environment(),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [3, 6]
+    records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in records if 'train/loss' in r] == [3, 6]
+    final = json.loads((workdir / 'final_eval.json').read_text())
+    assert (final['step'], final['split']) == (6, 'test')
+    assert 0 <= final['top1_accuracy'] <= 1 and final['top1_accuracy'] <= final['top5_accuracy']
+    assert json.loads((workdir / 'config.json').read_text())['total_steps'] == 6
+
+    again = subprocess.run([*command, *SHORTEN], cwd=REPO, env=user_environment(),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'Resumed from the checkpoint of step 6.' in again.stderr
+    assert re.search(r'steps 6 -> 6\.', again.stderr), again.stderr[-3000:]
+    # Nothing trained twice, and the same state evaluates to the same numbers.
+    records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in records if 'train/loss' in r] == [3, 6]
+    assert json.loads((workdir / 'final_eval.json').read_text()) == final
