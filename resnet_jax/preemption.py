@@ -38,8 +38,9 @@ class Preempted(Exception):
 class StopRequest:
     """While active, SIGTERM sets `requested` instead of killing the process (one process).
 
-    The training loop polls it once per step (a Python attribute read), so the time from
-    signal to a committed checkpoint is one step plus one save.
+    The training loop polls it once per step (a Python attribute read), with at most
+    `config.steps_in_flight` steps dispatched, so the time from signal to a committed
+    checkpoint is at most that many steps plus one save.
     """
 
     def __init__(self):
