@@ -7,7 +7,6 @@ order is a function of (seed, step), so nothing about the input needs to be save
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 
@@ -89,8 +88,8 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict[st
     """Exact evaluation: the last batch is padded and masked, every example counts once."""
     num = int(labels.shape[0])
     replicated = parallel.replicated(mesh)
-    totals = collections.Counter()
     in_flight = parallel.InFlight()
+    batch_sums = []
     for start in range(0, num, batch_size):
         real = min(batch_size, num - start)
         indices = np.zeros(batch_size, np.int32)
@@ -98,10 +97,9 @@ def evaluate(eval_step, state, images, labels, batch_size: int, mesh) -> dict[st
         mask = (np.arange(batch_size) < real).astype(np.float32)
         sums = eval_step(state, images, labels, parallel.global_array(indices, replicated),
                          parallel.global_array(mask, replicated))
-        for done in in_flight.add(sums):
-            totals.update({k: float(v) for k, v in done.items()})
-    for done in in_flight.drain():
-        totals.update({k: float(v) for k, v in done.items()})
+        batch_sums += in_flight.add(sums)
+    batch_sums += in_flight.drain()
+    totals = {k: sum(float(s[k]) for s in batch_sums) for k in batch_sums[0]}
     count = totals['count']
     assert count == num, f'evaluated {count} examples of {num}'
     return {
