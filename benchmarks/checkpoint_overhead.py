@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpoint, configs, optim, parallel, steps, train_state
+from resnet_jax import checkpoint, configs, optim, parallel, steps, train, train_state
+from resnet_jax.inputs.preprocess import InMemoryPreprocessing
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     config = configs.get_base_config()
     config.model.name = args.model
     mesh = parallel.make_mesh()
-    model = configs.build_model(config, 10)
+    model = train.build_model(config, 10)
     schedule = optim.learning_rate_schedule(config, 100, 10_000)
     tx = optim.make_optimizer(config, schedule)
     state = train_state.create_train_state(
@@ -45,9 +46,10 @@ def main() -> None:
     images = jnp.asarray(rng.integers(0, 256, shape, dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, args.batch_size).astype(np.int32))
     indices = jnp.arange(args.batch_size, dtype=jnp.int32)
-    step = steps.make_train_step(
-        model, tx, schedule, mesh, pixel_mean=jnp.zeros(shape[1:]), augment='pad_crop_flip',
-        pad_pixels=4, augment_key=jax.random.key(1))
+    preprocessing = InMemoryPreprocessing.from_config(config, np.zeros(shape, np.uint8),
+                                                      model.dtype)
+    step = steps.make_train_step(model, tx, schedule, mesh, preprocess=preprocessing.train,
+                                 augment_key=jax.random.key(1))
     state, metrics = step(state, images, labels, indices)  # compile
     jax.block_until_ready(metrics)
 

@@ -61,9 +61,10 @@ def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
     import torch_reference
 
     from resnet_jax import benchmark
+    from resnet_jax.inputs.base import shape_from_config
 
     config = benchmark.load_config(config_spec, batch_size, dtype)
-    num_classes, image_size = benchmark.dataset_shape(config)
+    num_classes, image_size = shape_from_config(config)
     model = torch_reference.ResNet(config.model.name, num_classes, config.model.variant,
                                    config.model.shortcut)
     images, labels = torch_reference.synthetic_data(batch_size, image_size, num_classes)

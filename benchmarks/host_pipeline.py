@@ -3,7 +3,7 @@
 Writes ImageNet-like JPEGs (500x375 and the other common ImageNet shapes, quality 90,
 smooth shading with objects, texture and sensor noise) into a temporary image folder, or
 reads an existing one (--data-dir), and runs the real tf.data pipelines of
-`resnet_jax.data.streaming` on it: `TrainStream` with the 'scale' (the paper) and
+`resnet_jax.data.tf_pipelines` on it: `TrainStream` with the 'scale' (the paper) and
 'inception' host augmentations, and `eval_dataset` in the 'center_crop', 'ten_crop' and
 'multi_scale' modes, all with the default `configs.streaming_config()` values and 224-pixel
 crops. A reference line decodes whole JPEGs alone (read + `tf.io.decode_jpeg`).
@@ -56,7 +56,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from resnet_jax import configs  # noqa: E402
-from resnet_jax.data import arrays, sources, streaming  # noqa: E402
+from resnet_jax.data import arrays, sources, tf_pipelines  # noqa: E402
 
 PAPER_IMAGE_SIZE = 224
 # (width, height): weight. The common ImageNet shapes, landscape 4:3 the most frequent.
@@ -196,7 +196,7 @@ def folder_stats(root: str, num_images: int, seed: int = 0) -> FolderStats:
                        8 * total_bytes / float((widths * heights).sum()))
 
 
-def host_augmentation(kind: str, image_size: int) -> streaming.HostAugmentation:
+def host_augmentation(kind: str, image_size: int) -> tf_pipelines.HostAugmentation:
     """The augmentation of the default config at `image_size`.
 
     At the paper's 224 pixels this is exactly `configs.streaming_config()`; another
@@ -211,7 +211,7 @@ def host_augmentation(kind: str, image_size: int) -> streaming.HostAugmentation:
         stream.scale_range = _scaled(stream.scale_range, factor)
         stream.eval_resize = _scaled([stream.eval_resize], factor)[0]
         stream.multi_scale_sizes = _scaled(stream.multi_scale_sizes, factor)
-    return streaming.HostAugmentation.from_config(config)
+    return tf_pipelines.HostAugmentation.from_config(config)
 
 
 def _scaled(sizes: Sequence[int], factor: float) -> tuple[int, ...]:
@@ -227,17 +227,17 @@ def build_case(mode: str, threads: int, source: sources.ImageFolderSource, image
         records = source.read('train', tf.data.Dataset.range(count))
         dataset = records.map(lambda encoded, label: tf.io.decode_jpeg(encoded, channels=3),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(streaming._options(threads))
+        dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(tf_pipelines._options(threads))
         return Case(mode, threads, dataset, 1, count)
     augmentation = host_augmentation(mode, image_size)
     if mode in TRAIN_KINDS:
-        stream = streaming.TrainStream(source, augmentation, seed=0, global_batch=batch_size,
+        stream = tf_pipelines.TrainStream(source, augmentation, seed=0, global_batch=batch_size,
                                        process_index=0, process_count=1, shuffle_buffer=1,
                                        threads=threads)
         batches = min(num_images // batch_size, stream.steps_per_epoch)
         return Case(mode, threads, stream.epoch_dataset(0).take(batches), batch_size, batches)
     count = min(num_images, source.num_examples(source.eval_split))
-    dataset = streaming.eval_dataset(source, augmentation, mode, process_index=0,
+    dataset = tf_pipelines.eval_dataset(source, augmentation, mode, process_index=0,
                                      process_count=1, threads=threads).take(count)
     return Case(mode, threads, dataset, 1, count)
 

@@ -27,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 
-from resnet_jax import benchmark, configs
+from resnet_jax import configs
+from resnet_jax.inputs.base import shape_from_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if windows < 1:
         parser.error('--steps must hold at least two --log-every windows')
     # The shape the benchmark takes from the config (or its data set), so both agree.
-    num_classes, image_size = benchmark.dataset_shape(configs.load_config(args.config))
+    num_classes, image_size = shape_from_config(configs.load_config(args.config))
 
     loop = {n: [] for n in device_counts}
     bare = {n: [] for n in device_counts}

@@ -17,17 +17,19 @@ epochs with a 5-epoch warm-up, weight decay 1e-4 on kernels only; centre-crop an
 on the way). Shrink it for small data sets, e.g. --config.num_epochs=30
 --config.batch_size=64.
 
-Expected: depends on the data. Time: see README ("Host pipeline") for how many images
-per second and core the pipeline decodes, to size the machine.
+Expected: depends on the data. Time: docs/performance.md ("Host input pipeline") gives how
+many images per second and core the pipeline decodes, to size the machine.
 """
 
-from resnet_jax import configs, models
+import pathlib
+import runpy
+
+# Starts from the paper's ImageNet recipe, beside this file.
+_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
 
 
 def get_config(arg: str = 'resnet50'):
-    if arg not in models.MODEL_NAMES:
-        raise ValueError(f'unknown model {arg!r}; choose one of {", ".join(models.MODEL_NAMES)}')
-    config = configs.paper_imagenet_config(arg)
+    config = _IMAGENET['get_config'](arg)
     config.pipeline = 'streaming'
     config.dataset = 'image_folder'
     config.num_classes = None  # from the folder.

@@ -1,31 +1,21 @@
-"""ResNet-18 on ImageNet (ILSVRC 2012), the paper's recipe (sections 3.4, 4.1).
-
-Run (on a host or pod with ImageNet prepared for tensorflow-datasets):
+"""ResNet-18 on ImageNet (ILSVRC 2012): experiments/imagenet.py's recipe, option A shortcuts.
 
     python -m resnet_jax.main --config experiments/r18.py --workdir gs://BUCKET/r18 \
         --config.data_dir=gs://BUCKET/tensorflow_datasets
 
-ImageNet is streamed by tf.data (README: "ImageNet" has the preparation steps). The
-final evaluation reports centre-crop, 10-crop (the paper's Table 3) and multi-scale
-fully-convolutional (Table 4) results. Without ImageNet, exercise the model and the
-recipe on synthetic data in memory (images of the same shape, random labels):
-
-    python -m resnet_jax.main --config experiments/r18.py --workdir /tmp/r18 \
-        --config.dataset=synthetic --config.total_steps=20
-
-Recipe: scale augmentation (shorter side in [256, 480], random 224 crop, flip, per-channel
-normalisation, PCA lighting 0.1); SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1
-divided by 10 at epochs 30 and 60, 90 epochs; option A shortcuts (as Table 2), stride on
-the first 1x1 (v1).
-Expected (ImageNet validation), paper Table 2: top-1 error 27.88%
-(10-crop testing, option A; plain-18 27.94%).
-Time on named hardware: not measured yet.
+Expected (ImageNet validation), paper Table 2: top-1 error 27.88% (10-crop testing, option A;
+plain-18 27.94%). Time on named hardware: not measured yet.
 """
 
-from resnet_jax import configs
+import pathlib
+import runpy
+
+# The recipe all five depths share lives beside this file (loaded by path, so that the
+# config works from any directory).
+_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
 
 
 def get_config():
-    config = configs.paper_imagenet_config('resnet18')
+    config = _IMAGENET['get_config']('resnet18')
     config.model.shortcut = 'A'  # the paper's only ResNet-18 result (Table 2) is option A.
     return config

@@ -1,30 +1,20 @@
-"""ResNet-50 on ImageNet (ILSVRC 2012), the paper's recipe (sections 3.4, 4.1).
-
-Run (on a host or pod with ImageNet prepared for tensorflow-datasets):
+"""ResNet-50 on ImageNet (ILSVRC 2012), the paper's recipe: experiments/imagenet.py.
 
     python -m resnet_jax.main --config experiments/r50.py --workdir gs://BUCKET/r50 \
         --config.data_dir=gs://BUCKET/tensorflow_datasets
 
-ImageNet is streamed by tf.data (README: "ImageNet" has the preparation steps). The
-final evaluation reports centre-crop, 10-crop (the paper's Table 3) and multi-scale
-fully-convolutional (Table 4) results. Without ImageNet, exercise the model and the
-recipe on synthetic data in memory (images of the same shape, random labels):
-
-    python -m resnet_jax.main --config experiments/r50.py --workdir /tmp/r50 \
-        --config.dataset=synthetic --config.total_steps=20
-
-Recipe: scale augmentation (shorter side in [256, 480], random 224 crop, flip, per-channel
-normalisation, PCA lighting 0.1); SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1
-divided by 10 at epochs 30 and 60, 90 epochs; option B shortcuts, stride on the first 1x1 (v1).
-Expected (ImageNet validation), paper Table 3: top-1 error 22.85%, top-5 6.71%
-(10-crop testing).
-Time on named hardware: no ImageNet run yet. The train step alone (synthetic data, no
-input pipeline) runs at 5,891 images/s on one H100 80GB in bfloat16 at batch 256
-(2026-11-27, benchmarks/gpu_benchmark.sh), i.e. about 5.4 h of compute for 90 epochs.
+Expected (ImageNet validation), paper Table 3: top-1 error 22.85%, top-5 6.71% (10-crop
+testing). Time: no ImageNet run yet; the train step alone runs 90 epochs in about 5.4 h on
+one H100 in bfloat16 (docs/performance.md).
 """
 
-from resnet_jax import configs
+import pathlib
+import runpy
+
+# The recipe all five depths share lives beside this file (loaded by path, so that the
+# config works from any directory).
+_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
 
 
 def get_config():
-    return configs.paper_imagenet_config('resnet50')
+    return _IMAGENET['get_config']('resnet50')

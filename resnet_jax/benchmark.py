@@ -37,8 +37,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import backend, configs, in_memory, parallel, steps, summary, train_state
+from resnet_jax import backend, configs, evaluation, parallel, steps, summary, train_state
 from resnet_jax import train as training
+from resnet_jax.inputs.base import shape_from_config
+from resnet_jax.inputs.preprocess import InMemoryPreprocessing, StreamedPreprocessing
 
 # Dense peak TFLOP/s by device_kind prefix and compute dtype (vendor datasheets, SXM parts).
 # On NVIDIA GPUs XLA runs float32 convolutions and matrix products on the tensor cores in
@@ -169,25 +171,6 @@ def compiled_memory(compiled: Any) -> int | None:
                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
 
 
-def _as_in_memory(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config's in-memory twin, for the eval step (the same forward pass)."""
-    twin = ml_collections.ConfigDict(config.to_dict())
-    twin.pipeline, twin.augment = 'memory', 'none'
-    return twin
-
-
-def dataset_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(num_classes, image_size) from the config, or from the data set it names."""
-    known_classes, known_size = configs.DATASET_SHAPES.get(config.dataset, (None, None))
-    num_classes = config.num_classes or known_classes
-    image_size = config.image_size or known_size
-    if num_classes is None or image_size is None:
-        raise configs.ConfigError(
-            f'dataset={config.dataset!r} does not fix num_classes and image_size: set '
-            '--config.num_classes and --config.image_size in the config')
-    return num_classes, image_size
-
-
 @dataclasses.dataclass
 class CompiledSteps:
     """The compiled train and eval steps of a config, ready to dispatch on synthetic data.
@@ -213,7 +196,7 @@ def build_steps(
     log: Callable[[str], None] = lambda _: None,
 ) -> CompiledSteps:
     """Builds and compiles the steps of `config` exactly as `train.train_and_evaluate` does."""
-    num_classes, image_size = dataset_shape(config)
+    num_classes, image_size = shape_from_config(config)
     batch_size = config.batch_size
     eval_batch_size = eval_batch_size or batch_size
     mesh = parallel.make_mesh()
@@ -242,23 +225,23 @@ def build_steps(
     eval_indices = jax.device_put(np.arange(eval_batch_size, dtype=np.int32), replicated)
     eval_mask = jax.device_put(np.ones(eval_batch_size, np.float32), replicated)
 
-    train_step, eval_step = in_memory.build_steps(
-        config if configs.pipeline(config) == 'memory' else _as_in_memory(config), model, tx,
-        schedule, mesh, augment_key, images_np)
+    # The steps of the config's own input path, built by its own preprocessing; streamed
+    # batches arrive cropped and sharded, so only the device's part of the input is timed.
+    # Evaluation times the in-memory eval step (the same forward pass).
+    in_memory = InMemoryPreprocessing.from_config(config, images_np, model.dtype)
     if configs.pipeline(config) == 'streaming':
-        # Streamed batches arrive cropped and sharded; only the device's part is timed.
-        stream = config.streaming
-        train_step = steps.make_batch_train_step(
-            model, tx, schedule, mesh, mean=jnp.asarray(stream.mean_rgb, jnp.float32),
-            std=jnp.asarray(stream.std_rgb, jnp.float32),
-            lighting=steps.Lighting.from_config(stream),
-            augment_key=augment_key, skip_nonfinite=config.skip_nonfinite_steps)
+        preprocess = StreamedPreprocessing.from_config(config, model.dtype).train
         sharded = parallel.batch_sharded(mesh)
         batches = [(jax.device_put(images_np[i * batch_size:(i + 1) * batch_size], sharded),
                     jax.device_put(labels_np[i * batch_size:(i + 1) * batch_size], sharded))
                    for i in range(steps_per_epoch)]
     else:
+        preprocess = in_memory.train
         batches = [(images, labels, indices) for indices in train_indices]
+    train_step = steps.make_train_step(
+        model, tx, schedule, mesh, preprocess=preprocess, augment_key=augment_key,
+        skip_nonfinite=config.skip_nonfinite_steps)
+    eval_step = evaluation.make_in_memory_eval_step(model, mesh, in_memory.normalize)
 
     start = time.perf_counter()
     train_compiled = train_step.lower(state, *batches[0]).compile()
@@ -431,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _as_synthetic(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy that validates as a synthetic run (ImageNet configs name imagenet2012)."""
     copy = ml_collections.ConfigDict(config.to_dict())
-    num_classes, image_size = dataset_shape(config)
+    num_classes, image_size = shape_from_config(config)
     copy.dataset = 'synthetic'
     copy.num_classes, copy.image_size = num_classes, image_size
     return copy

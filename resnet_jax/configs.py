@@ -9,32 +9,19 @@ boundaries given in epochs) are computed in code at run time, not frozen here.
 from __future__ import annotations
 
 import importlib.util
-import math
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import backend, models
+from resnet_jax import models, optim
+from resnet_jax.cpu import kernel_layers
+from resnet_jax.data import arrays, device_augment, streaming_choices
 
-# In-memory data sets, and the ones the streaming pipeline reads ('tfds:NAME' for any
-# tfds image classification data set).
-DATASETS = ('cifar10', 'image_folder', 'synthetic')
-STREAMING_DATASETS = ('image_folder', 'imagenet2012', 'tfds:NAME')
-PIPELINES = ('auto', 'memory', 'streaming')
-EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
-STREAMING_AUGMENTATIONS = ('scale', 'inception', 'none')
-DTYPES = ('float32', 'bfloat16')
-# What computes the convolutions, BatchNorms and pooling on a CPU (resnet_jax.cpu).
-CPU_KERNELS = backend.CPU_KERNEL_CHOICES
-SCHEDULES = ('step', 'cosine')
-DURATION_UNITS = ('steps', 'epochs')
-AUGMENTATIONS = ('pad_crop_flip', 'flip', 'none')
-WEIGHT_DECAY_PARAMS = ('all', 'kernels')
-# (num_classes, image_size) of the data sets whose shape is known without loading them.
-DATASET_SHAPES = {'cifar10': (10, 32), 'imagenet2012': (1000, 224)}
+# Each list of valid values lives with what implements it; validate_config checks against
+# those. The two below name what this module itself resolves.
+PIPELINES = ('auto', 'memory', 'streaming')  # see `pipeline()`
+DTYPES = ('float32', 'bfloat16')  # the compute dtype, `jnp.dtype(config.dtype)`
 
 
 class ConfigError(ValueError):
@@ -64,6 +51,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # (Streamed data: streaming.augment.)
     config.augment = 'pad_crop_flip'
     config.pad_pixels = 4
+    # In-memory images are normalised as (pixels - the training set's per-pixel mean) /
+    # pixel_scale. (Streamed data: streaming.mean_rgb and std_rgb.)
+    config.pixel_scale = 255.0
     config.streaming = streaming_config()
 
     config.model = ml_collections.ConfigDict()
@@ -74,7 +64,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.bn_momentum = 0.9
     config.model.bn_epsilon = 1e-5
     config.dtype = 'float32'  # compute dtype; parameters and BN statistics stay float32.
-    config.cpu_kernels = 'auto'  # see CPU_KERNELS.
+    config.cpu_kernels = 'auto'  # see resnet_jax.cpu.kernel_layers.CHOICES.
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
     config.sync_batch_norm = False
 
@@ -157,38 +147,6 @@ def streaming_config() -> ml_collections.ConfigDict:
     return stream
 
 
-def paper_imagenet_config(model_name: str) -> ml_collections.ConfigDict:
-    """The paper's ImageNet recipe (section 3.4) for one model.
-
-    SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 "when the
-    error plateaus". The plateaus are fixed at epochs 30 and 60 of 90, the schedule of
-    fb.resnet.torch that reproduces the paper's numbers.
-    """
-    config = get_base_config()
-    config.dataset = 'imagenet2012'  # streamed ('auto'); 'synthetic' runs in memory.
-    config.image_size = 224
-    config.num_classes = 1000
-    config.augment = 'flip'  # only for --config.dataset=synthetic (in memory).
-    config.streaming.augment = 'scale'  # shorter side in [256, 480], random 224 crop, flip.
-    config.streaming.lighting_std = 0.1
-    config.streaming.eval_modes = ('center_crop', 'ten_crop', 'multi_scale')
-    config.model.name = model_name
-    config.model.variant = 'v1'
-    config.model.shortcut = 'B'
-    config.batch_size = 256
-    config.eval_batch_size = 250
-    config.num_epochs = 90.0
-    config.schedule.unit = 'epochs'
-    config.schedule.boundaries = (30, 60)
-    # False: a non-finite loss stops the run. True: such steps are skipped (no update).
-    config.skip_nonfinite_steps = False
-
-    config.log_every_steps = 100
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 2000
-    return config
-
-
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `FILE[:ARG]` the way `--config` does: `get_config()` or `get_config(ARG)`."""
     path, _, arg = spec.partition(':')
@@ -205,32 +163,33 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for a config that cannot run, before any data or compilation."""
-    from resnet_jax import models  # the model table is the authority on names.
-
     def check(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(message)
 
     check(config.pipeline in PIPELINES, f'pipeline={config.pipeline!r}: choose {PIPELINES}')
     if pipeline(config) == 'memory':
-        check(config.dataset in DATASETS,
-              f'dataset={config.dataset!r} with pipeline=memory: choose one of {DATASETS}'
-              + (' (or set --config.pipeline=auto)' if _is_streaming_only(config.dataset)
+        check(config.dataset in arrays.DATASETS,
+              f'dataset={config.dataset!r} with pipeline=memory: choose one of {arrays.DATASETS}'
+              + (' (or set --config.pipeline=auto)'
+                 if streaming_choices.is_streaming_only(config.dataset)
                  else ''))
-        check(config.augment in AUGMENTATIONS,
-              f'augment={config.augment!r} with pipeline=memory: choose one of {AUGMENTATIONS}')
+        check(config.augment in device_augment.AUGMENTATIONS,
+              f'augment={config.augment!r} with pipeline=memory: choose one of '
+              f'{device_augment.AUGMENTATIONS}')
     else:
         _validate_streaming(config, check)
     check(config.model.name in models.MODEL_NAMES,
           f'model.name={config.model.name!r} is unknown; valid names: '
           f'{", ".join(models.MODEL_NAMES)}')
-    check(config.model.variant in ('v1', 'v1.5'),
-          f"model.variant={config.model.variant!r}: choose 'v1' or 'v1.5'")
-    check(config.model.shortcut in (None, 'A', 'B', 'C', 'none'),
-          f"model.shortcut={config.model.shortcut!r}: choose 'A', 'B', 'C' or 'none'")
+    check(config.model.variant in models.VARIANTS,
+          f'model.variant={config.model.variant!r}: choose one of {models.VARIANTS}')
+    check(config.model.shortcut is None or config.model.shortcut in models.SHORTCUTS,
+          f'model.shortcut={config.model.shortcut!r}: choose one of {models.SHORTCUTS} '
+          '(or leave it unset for the family default)')
     check(config.dtype in DTYPES, f'dtype={config.dtype!r}: choose one of {DTYPES}')
-    check(config.cpu_kernels in CPU_KERNELS,
-          f'cpu_kernels={config.cpu_kernels!r}: choose one of {CPU_KERNELS}')
+    check(config.cpu_kernels in kernel_layers.CHOICES,
+          f'cpu_kernels={config.cpu_kernels!r}: choose one of {kernel_layers.CHOICES}')
     for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'keep_checkpoints',
                   'checkpoint_every_steps'):
         check(config[field] > 0, f'{field}={config[field]} must be positive')
@@ -239,6 +198,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           'log_every_seconds must be >= 0 (0: a line only every log_every_steps)')
     check(config.steps_in_flight >= 1, 'steps_in_flight must be >= 1')
     check(config.pad_pixels >= 0, 'pad_pixels must be >= 0')
+    check(config.pixel_scale > 0, 'pixel_scale must be positive')
     check(config.total_steps is not None or config.num_epochs is not None,
           'set total_steps or num_epochs (total_steps wins when both are set)')
     check(config.total_steps is None or config.total_steps > 0, 'total_steps must be positive')
@@ -250,9 +210,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.image_size is None or config.image_size > 0, 'image_size must be positive')
 
     schedule = config.schedule
-    check(schedule.name in SCHEDULES, f'schedule.name={schedule.name!r}: choose {SCHEDULES}')
-    check(schedule.unit in DURATION_UNITS,
-          f'schedule.unit={schedule.unit!r}: choose one of {DURATION_UNITS}')
+    check(schedule.name in optim.SCHEDULES,
+          f'schedule.name={schedule.name!r}: choose {optim.SCHEDULES}')
+    check(schedule.unit in optim.DURATION_UNITS,
+          f'schedule.unit={schedule.unit!r}: choose one of {optim.DURATION_UNITS}')
     check(schedule.base_lr > 0, f'schedule.base_lr={schedule.base_lr} must be positive')
     check(schedule.warmup >= 0, 'schedule.warmup must be >= 0')
     check(schedule.warmup_lr is None or schedule.warmup_lr > 0,
@@ -260,32 +221,29 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     boundaries = list(schedule.boundaries)
     check(boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
           f'schedule.boundaries={tuple(boundaries)} must be positive and increasing')
-    optim = config.optim
-    check(0 <= optim.momentum < 1, 'optim.momentum must be in [0, 1)')
-    check(optim.weight_decay >= 0, 'optim.weight_decay must be >= 0')
-    check(optim.weight_decay_params in WEIGHT_DECAY_PARAMS,
-          f'optim.weight_decay_params: choose one of {WEIGHT_DECAY_PARAMS}')
+    optimizer = config.optim
+    check(0 <= optimizer.momentum < 1, 'optim.momentum must be in [0, 1)')
+    check(optimizer.weight_decay >= 0, 'optim.weight_decay must be >= 0')
+    check(optimizer.weight_decay_params in optim.WEIGHT_DECAY_PARAMS,
+          f'optim.weight_decay_params: choose one of {optim.WEIGHT_DECAY_PARAMS}')
 
 
 def pipeline(config: ml_collections.ConfigDict) -> str:
     """'memory' or 'streaming': the input path that the config's pipeline and dataset pick."""
     if config.pipeline != 'auto':
         return config.pipeline
-    return 'streaming' if _is_streaming_only(config.dataset) else 'memory'
-
-
-def _is_streaming_only(dataset: str) -> bool:
-    return dataset == 'imagenet2012' or dataset.startswith('tfds:')
+    return 'streaming' if streaming_choices.is_streaming_only(config.dataset) else 'memory'
 
 
 def _validate_streaming(config: ml_collections.ConfigDict, check) -> None:
     stream = config.streaming
-    check(config.dataset == 'image_folder' or _is_streaming_only(config.dataset)
+    check(config.dataset == 'image_folder' or streaming_choices.is_streaming_only(config.dataset)
           and config.dataset != 'tfds:',
           f'dataset={config.dataset!r} with pipeline=streaming: choose one of '
-          f'{STREAMING_DATASETS}')
-    check(stream.augment in STREAMING_AUGMENTATIONS,
-          f'streaming.augment={stream.augment!r}: choose one of {STREAMING_AUGMENTATIONS}')
+          f'{streaming_choices.STREAMING_DATASETS}')
+    check(stream.augment in streaming_choices.HOST_AUGMENTATIONS,
+          f'streaming.augment={stream.augment!r}: choose one of '
+          f'{streaming_choices.HOST_AUGMENTATIONS}')
     check(config.image_size is not None,
           'pipeline=streaming needs --config.image_size (the side of the training crops)')
     check(config.validation_examples == 0,
@@ -304,8 +262,9 @@ def _validate_streaming(config: ml_collections.ConfigDict, check) -> None:
           'streaming.mean_rgb and std_rgb need three values each, std positive')
     check(stream.lighting_std >= 0, 'streaming.lighting_std must be >= 0')
     modes = tuple(stream.eval_modes)
-    check(len(modes) > 0 and all(m in EVAL_MODES for m in modes),
-          f'streaming.eval_modes={modes}: choose one or more of {EVAL_MODES}')
+    check(len(modes) > 0 and all(m in streaming_choices.EVAL_MODES for m in modes),
+          f'streaming.eval_modes={modes}: choose one or more of '
+          f'{streaming_choices.EVAL_MODES}')
     check(stream.eval_resize >= config.image_size,
           f'streaming.eval_resize={stream.eval_resize} must be >= image_size')
     check(len(stream.multi_scale_sizes) > 0 and min(stream.multi_scale_sizes) > 0,
@@ -315,34 +274,3 @@ def _validate_streaming(config: ml_collections.ConfigDict, check) -> None:
           'streaming.multi_scale_aspect_ratios must be >= 1 (longer side over shorter)')
     check(stream.shuffle_buffer > 0, 'streaming.shuffle_buffer must be positive')
     check(stream.threads >= 0, 'streaming.threads must be >= 0 (0: one per core)')
-
-
-def to_steps(amount: float, unit: str, steps_per_epoch: int) -> int:
-    """Converts a duration in `unit` ('steps' or 'epochs') to whole steps."""
-    if unit == 'epochs':
-        return int(math.ceil(amount * steps_per_epoch))
-    return int(amount)
-
-
-def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """The run's length in steps, from total_steps or num_epochs."""
-    if config.total_steps is not None:
-        return config.total_steps
-    return to_steps(config.num_epochs, 'epochs', steps_per_epoch)
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int, bn_axis_name=None):
-    """The model that `config.model`, `config.dtype` and `config.cpu_kernels` describe, for
-    JAX's default platform."""
-    return models.create_model(
-        config.model.name,
-        num_classes=num_classes,
-        shortcut=config.model.shortcut,
-        variant=config.model.variant,
-        zero_init_residual=config.model.zero_init_residual,
-        dtype=jnp.dtype(config.dtype),
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        bn_axis_name=bn_axis_name,
-        layers=backend.layers(config.cpu_kernels, jax.default_backend()),
-    )

@@ -1,7 +1,9 @@
-"""Exact evaluation of streamed data sets: centre crop, 10-crop and multi-scale testing.
+"""Exact evaluation: every example counts once, on any number of devices and processes.
 
-Each process evaluates its own share of the split on its own devices (a forward pass
-needs no communication) and the sums are added over processes at the end, so every
+In-memory data sets are evaluated whole on the device: batches of indices, the last one
+padded and masked. Streamed data sets are evaluated by centre crop, 10-crop or multi-scale
+testing: each process evaluates its own share of the split on its own devices (a forward
+pass needs no communication) and the sums are added over processes at the end, so every
 example counts once on any number of processes. An example may have several views
 (10 crops, or the whole image at several scales); its score is the mean of the views'
 softmax probabilities, as in the paper. Views of one shape are batched together; the
@@ -17,23 +19,75 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
 
 from resnet_jax import parallel
-from resnet_jax.data import augment as augment_lib
+from resnet_jax.train_state import TrainState
+
+# uint8 images -> the model's input (the input path's `normalize`).
+Normalize = Callable[[jax.Array], jax.Array]
+
+
+def make_in_memory_eval_step(model: nn.Module, mesh, normalize: Normalize) -> Callable:
+    """Returns `eval_step(state, images, labels, indices, mask) -> sums`, jitted.
+
+    `images`/`labels` are the whole eval split on the device; `indices` picks the batch.
+    Padded examples carry mask 0, so sums over all batches count every example once.
+    """
+    batch_sharding = parallel.batch_sharded(mesh)
+
+    def eval_step(state: TrainState, images, labels, indices, mask):
+        batch = jax.lax.with_sharding_constraint(normalize(images[indices]), batch_sharding)
+        batch_labels = labels[indices]
+        variables = {'params': state.params, 'batch_stats': state.batch_stats}
+        logits = model.apply(variables, batch, train=False)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels)
+        k = min(5, logits.shape[-1])
+        top_k = jax.lax.top_k(logits, k)[1]
+        top1 = top_k[:, 0] == batch_labels
+        top5 = jnp.any(top_k == batch_labels[:, None], axis=-1)
+        return {
+            'loss': jnp.sum(loss * mask),
+            'top1': jnp.sum(top1 * mask),
+            'top5': jnp.sum(top5 * mask),
+            'count': jnp.sum(mask),
+        }
+
+    return jax.jit(eval_step)
+
+
+def evaluate_in_memory(eval_step: Callable, state, images, labels, batch_size: int,
+                       mesh) -> dict[str, float]:
+    """loss / top-1 / top-5 over the whole eval split, by batches of `batch_size`."""
+    num = int(labels.shape[0])
+    replicated = parallel.replicated(mesh)
+    in_flight = parallel.InFlight()
+    batch_sums = []
+    for start in range(0, num, batch_size):
+        real = min(batch_size, num - start)
+        indices = np.zeros(batch_size, np.int32)
+        indices[:real] = np.arange(start, start + real)
+        mask = (np.arange(batch_size) < real).astype(np.float32)
+        sums = eval_step(state, images, labels, parallel.global_array(indices, replicated),
+                         parallel.global_array(mask, replicated))
+        batch_sums += in_flight.add(sums)
+    batch_sums += in_flight.drain()
+    totals = [sum(float(s[k]) for s in batch_sums) for k in ('loss', 'top1', 'top5', 'count')]
+    return as_metrics(np.array(totals), num)
 
 
 class LocalPredictor:
     """Softmax probabilities of uint8 views, on this process's devices only."""
 
-    def __init__(self, model: nn.Module, mean: jax.Array, std: jax.Array):
+    def __init__(self, model: nn.Module, normalize: Normalize):
         mesh = parallel.make_mesh(jax.local_devices())
         self.batch_sharding = parallel.batch_sharded(mesh)
         self.replicated = parallel.replicated(mesh)
         self.num_devices = mesh.devices.size
 
         def predict(variables, images):
-            batch = augment_lib.normalize(images, mean, std, model.dtype)
+            batch = normalize(images)
             logits = model.apply(variables, batch, train=False)
             return jax.nn.softmax(logits.astype(jnp.float32))
 

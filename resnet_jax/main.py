@@ -117,7 +117,7 @@ def main(argv):
     except preemption.Preempted:
         sys.exit(preemption.PREEMPTED_EXIT_CODE)  # the checkpoint is committed; rerun to go on
     except (configs.ConfigError, arrays.DatasetNotFoundError, arrays.DataError,
-            packages.MissingPackageError, train.NonFiniteLossError, train.WorkdirError,
+            packages.MissingPackageError, train.NonFiniteError, train.WorkdirError,
             checkpoint.IncompatibleCheckpointError,
             checkpoint.UnreadableCheckpointsError) as error:
         # Errors of the user's making: the message says what to fix; no traceback.

@@ -1,6 +1,8 @@
-"""Optimiser, weight-decay mask and learning-rate schedules, all built from the config."""
+"""Optimiser, weight-decay mask, learning-rate schedules and run lengths, from the config."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +10,23 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from resnet_jax import configs
+SCHEDULES = ('step', 'cosine')  # `config.schedule.name`
+DURATION_UNITS = ('steps', 'epochs')  # `config.schedule.unit`
+WEIGHT_DECAY_PARAMS = ('all', 'kernels')  # `config.optim.weight_decay_params`
+
+
+def to_steps(amount: float, unit: str, steps_per_epoch: int) -> int:
+    """Converts a duration in `unit` ('steps' or 'epochs') to whole steps."""
+    if unit == 'epochs':
+        return int(math.ceil(amount * steps_per_epoch))
+    return int(amount)
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The run's length in steps, from total_steps or num_epochs."""
+    if config.total_steps is not None:
+        return config.total_steps
+    return to_steps(config.num_epochs, 'epochs', steps_per_epoch)
 
 
 def learning_rate_schedule(
@@ -21,9 +39,9 @@ def learning_rate_schedule(
     Either may start with a warm-up: linear from 0, or constant at `warmup_lr`.
     """
     sched = config.schedule
-    warmup = configs.to_steps(sched.warmup, sched.unit, steps_per_epoch)
+    warmup = to_steps(sched.warmup, sched.unit, steps_per_epoch)
     if sched.name == 'step':
-        boundaries = [configs.to_steps(b, sched.unit, steps_per_epoch) for b in sched.boundaries]
+        boundaries = [to_steps(b, sched.unit, steps_per_epoch) for b in sched.boundaries]
         main = optax.piecewise_constant_schedule(
             sched.base_lr, {b: sched.decay_factor for b in boundaries})
     else:
@@ -44,6 +62,8 @@ def learning_rate_schedule(
 
 def weight_decay_mask(params, which: str):
     """True for parameters that are decayed: all of them, or only conv/dense kernels."""
+    if which not in WEIGHT_DECAY_PARAMS:
+        raise ValueError(f'weight_decay_params={which!r}: choose one of {WEIGHT_DECAY_PARAMS}')
     if which == 'all':
         return jax.tree.map(lambda _: True, params)
     flat = traverse_util.flatten_dict(params)

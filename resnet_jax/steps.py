@@ -1,15 +1,14 @@
-"""The jitted train and eval steps: pure functions of the state and a batch.
+"""The jitted train step: a pure function of the state and a batch, for both input paths.
 
-In-memory data sets live on the device (uint8): a step receives the indices of its
-global batch and gathers and augments them on the device. Streamed batches arrive
-cropped on the hosts and are normalised on the device. Both then run the per-device part under
-`jax.shard_map`: forward and backward on the local shard, then `lax.pmean` of gradients,
-BatchNorm statistics and metrics over the data axis (the semantics of `jax.pmap`).
+The input's `preprocess` turns its batch into images and labels on the device (in-memory
+data: gather, augment and normalise; streamed data: lighting and normalise). The
+per-device part then runs under `jax.shard_map`: forward and backward on the local
+shard, then `lax.pmean` of gradients, BatchNorm statistics and metrics over the data axis
+(the semantics of `jax.pmap`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -20,10 +19,10 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax import backend, parallel
-from resnet_jax.data import augment as augment_lib
 from resnet_jax.train_state import TrainState
 
 DATA = parallel.DATA_AXIS
+
 
 def _make_sharded_update(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
                          skip_nonfinite: bool) -> Callable:
@@ -71,118 +70,42 @@ def _make_sharded_update(model: nn.Module, tx: optax.GradientTransformation, mes
         per_device_step, mesh=mesh, in_specs=(P(), P(DATA), P(DATA)), out_specs=(P(), P()))
 
 
+# `preprocess(key, *batch) -> (images, labels)`: turns a batch as the input yields it (the
+# train step's arguments after the state) into the model's input and the labels. `key` is
+# the step's augmentation key. In-memory batches are indices into the device-resident data
+# set, so the labels come out of the gather too.
+Preprocess = Callable[..., tuple[jax.Array, jax.Array]]
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     mesh: Mesh,
     *,
-    pixel_mean: jax.Array,
-    augment: str,
-    pad_pixels: int,
+    preprocess: Preprocess,
     augment_key: jax.Array,
     skip_nonfinite: bool = False,
 ) -> Callable:
-    """Returns `train_step(state, images, labels, indices) -> (state, metrics)`, jitted.
+    """Returns `train_step(state, *batch) -> (state, metrics)`, jitted, the state donated.
 
-    `images`/`labels` are the whole training set on the device; `indices` [batch] picks
-    the global batch. Augmentation randomness is `fold_in(augment_key, step)`, so a run
-    resumed from a checkpoint sees the same crops and flips as one never stopped, and it
-    does not depend on the number of devices. With `skip_nonfinite`, a step whose loss or
+    `preprocess` (resnet_jax.inputs.preprocess) makes the global batch of images and
+    labels; the randomness of its augmentation is `fold_in(augment_key, step)`, so a run
+    resumed from a checkpoint sees the same augmentation as one never stopped, and it does
+    not depend on the number of devices. With `skip_nonfinite`, a step whose loss or
     gradients are not finite leaves the state unchanged (but for the step counter) and
     reports `skipped` = 1.
     """
     sharded_update = _make_sharded_update(model, tx, mesh, skip_nonfinite)
     batch_sharding = parallel.batch_sharded(mesh)
 
-    def train_step(state: TrainState, images, labels, indices):
+    def train_step(state: TrainState, *batch):
         key = jax.random.fold_in(augment_key, state.step)
-        batch = augment_lib.augment(key, images[indices], augment, pad_pixels)
-        batch = augment_lib.normalize(batch, pixel_mean, 255.0, model.dtype)
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        batch_labels = jax.lax.with_sharding_constraint(labels[indices], batch_sharding)
-        new_state, metrics = sharded_update(state, batch, batch_labels)
+        images, labels = preprocess(key, *batch)
+        images = jax.lax.with_sharding_constraint(images, batch_sharding)
+        labels = jax.lax.with_sharding_constraint(labels, batch_sharding)
+        new_state, metrics = sharded_update(state, images, labels)
         metrics['learning_rate'] = schedule(state.step)
         return new_state, metrics
 
     return jax.jit(train_step, donate_argnums=0, **backend.jit_options(parallel.platform(mesh)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Lighting:
-    """The PCA colour augmentation's strength and the data's RGB eigen-decomposition."""
-
-    std: float
-    eigenvalues: tuple[float, ...]
-    eigenvectors: tuple[tuple[float, ...], ...]
-
-    @classmethod
-    def from_config(cls, stream) -> Lighting:
-        """From the `config.streaming` section."""
-        return cls(stream.lighting_std, tuple(stream.lighting_eigenvalues),
-                   tuple(map(tuple, stream.lighting_eigenvectors)))
-
-
-def make_batch_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    mesh: Mesh,
-    *,
-    mean: jax.Array,
-    std: jax.Array,
-    lighting: Lighting | None,
-    augment_key: jax.Array,
-    skip_nonfinite: bool = False,
-) -> Callable:
-    """Returns `train_step(state, images, labels) -> (state, metrics)` for streamed batches.
-
-    `images` is the global uint8 batch, already cropped and flipped on the hosts and
-    sharded over the devices. The step adds the lighting shift (random from
-    `fold_in(augment_key, step)`) and normalises by the per-channel mean and std.
-    """
-    sharded_update = _make_sharded_update(model, tx, mesh, skip_nonfinite)
-    batch_sharding = parallel.batch_sharded(mesh)
-
-    def train_step(state: TrainState, images, labels):
-        offset = None
-        if lighting is not None and lighting.std > 0:
-            key = jax.random.fold_in(augment_key, state.step)
-            offset = augment_lib.lighting_offset(
-                key, images.shape[0], lighting.std, jnp.asarray(lighting.eigenvalues),
-                jnp.asarray(lighting.eigenvectors))
-        batch = augment_lib.normalize(images, mean, std, model.dtype, offset)
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        new_state, metrics = sharded_update(state, batch, labels)
-        metrics['learning_rate'] = schedule(state.step)
-        return new_state, metrics
-
-    return jax.jit(train_step, donate_argnums=0, **backend.jit_options(parallel.platform(mesh)))
-
-
-def make_eval_step(model: nn.Module, mesh: Mesh, *, pixel_mean: jax.Array) -> Callable:
-    """Returns `eval_step(state, images, labels, indices, mask) -> sums`, jitted.
-
-    Padded examples carry mask 0, so sums over all batches count every example once.
-    """
-    batch_sharding = parallel.batch_sharded(mesh)
-
-    def eval_step(state: TrainState, images, labels, indices, mask):
-        batch = augment_lib.normalize(images[indices], pixel_mean, 255.0, model.dtype)
-        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        batch_labels = labels[indices]
-        variables = {'params': state.params, 'batch_stats': state.batch_stats}
-        logits = model.apply(variables, batch, train=False)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels)
-        k = min(5, logits.shape[-1])
-        top_k = jax.lax.top_k(logits, k)[1]
-        top1 = top_k[:, 0] == batch_labels
-        top5 = jnp.any(top_k == batch_labels[:, None], axis=-1)
-        return {
-            'loss': jnp.sum(loss * mask),
-            'top1': jnp.sum(top1 * mask),
-            'top5': jnp.sum(top5 * mask),
-            'count': jnp.sum(mask),
-        }
-
-    return jax.jit(eval_step)

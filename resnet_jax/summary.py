@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax import configs, train
+from resnet_jax.inputs.base import shape_from_config
 from resnet_jax.models import SHORTCUTS, VARIANTS, ResNet, create_model, model_spec
 
 
@@ -129,16 +131,15 @@ _STEM_DEFAULTS = {'imagenet': (1000, 224), 'cifar': (10, 32)}
 
 def model_from_config(spec: str, num_classes: int | None, image_size: int | None):
     """The model and image side of an experiment config `FILE[:ARG]`."""
-    from resnet_jax import configs
-
     config = configs.load_config(spec)
-    known_classes, known_size = configs.DATASET_SHAPES.get(config.dataset, (None, None))
-    num_classes = num_classes or config.num_classes or known_classes
-    image_size = image_size or config.image_size or known_size
-    if num_classes is None or image_size is None:
-        raise ValueError(f'{spec} does not fix num_classes and image_size: pass '
-                         '--num-classes and --image-size')
-    return configs.build_model(config, num_classes), image_size
+    with config.unlocked():
+        config.num_classes = num_classes or config.num_classes
+        config.image_size = image_size or config.image_size
+    try:
+        num_classes, image_size = shape_from_config(config)
+    except configs.ConfigError as error:
+        raise ValueError(f'{spec}: {error} (or pass --num-classes and --image-size)') from None
+    return train.build_model(config, num_classes), image_size
 
 
 def model_from_args(args: argparse.Namespace) -> tuple[ResNet, int]:

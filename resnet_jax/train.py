@@ -23,21 +23,21 @@ from resnet_jax import (
     backend,
     checkpoint,
     configs,
-    in_memory,
+    inputs,
     metrics,
+    models,
     optim,
-    packages,
     parallel,
     preemption,
     train_state,
 )
 from resnet_jax.workdir import WorkdirError, check_free_space, prepare_workdir, save_config
 
-__all__ = ['WorkdirError', 'NonFiniteLossError', 'train_and_evaluate']
+__all__ = ['WorkdirError', 'NonFiniteError', 'train_and_evaluate']
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+class NonFiniteError(RuntimeError):
+    """The loss or the parameters became NaN or infinite; the last good checkpoint is kept."""
 
 
 def _finite_mean(values) -> float:
@@ -59,14 +59,32 @@ def run_record(config: ml_collections.ConfigDict, model) -> dict:
             'num_classes': model.num_classes}
 
 
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                bn_axis_name: str | None = None) -> models.ResNet:
+    """The model that `config.model`, `config.dtype` and `config.cpu_kernels` describe, with
+    the building blocks of JAX's default platform."""
+    return models.create_model(
+        config.model.name,
+        num_classes=num_classes,
+        shortcut=config.model.shortcut,
+        variant=config.model.variant,
+        zero_init_residual=config.model.zero_init_residual,
+        dtype=jnp.dtype(config.dtype),
+        bn_momentum=config.model.bn_momentum,
+        bn_epsilon=config.model.bn_epsilon,
+        bn_axis_name=bn_axis_name,
+        layers=backend.layers(config.cpu_kernels, jax.default_backend()),
+    )
+
+
 def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: int,
                               steps_per_epoch: int):
     """The model, optimiser, schedule and run length in steps that `config` describes."""
-    total_steps = configs.total_steps(config, steps_per_epoch)
+    total_steps = optim.total_steps(config, steps_per_epoch)
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config, schedule)
     bn_axis = parallel.DATA_AXIS if config.sync_batch_norm else None
-    model = configs.build_model(config, num_classes, bn_axis_name=bn_axis)
+    model = build_model(config, num_classes, bn_axis_name=bn_axis)
     return model, tx, schedule, total_steps
 
 
@@ -76,15 +94,6 @@ def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None
         raise configs.ConfigError(
             f'eval_every_steps={config.eval_every_steps} is longer than the run '
             f'({total_steps} steps): it would never evaluate before the end; lower it or set 0')
-
-
-def open_input(config: ml_collections.ConfigDict, mesh):
-    """The input of the run: in memory (on the device) or streamed (tf.data on the hosts)."""
-    if configs.pipeline(config) == 'streaming':
-        streaming_input = packages.import_for(  # imports TensorFlow
-            'resnet_jax.streaming_input', f'dataset={config.dataset!r}, streamed,')
-        return streaming_input.StreamingInput(config, mesh)
-    return in_memory.InMemoryInput(config, mesh)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -98,17 +107,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
     workdir_path = prepare_workdir(workdir)
 
-    inputs = open_input(config, mesh)
-    logging.info('Data: %s.', inputs.description)
+    data = inputs.open_dataset(config)
     model, tx, schedule, total_steps = build_model_and_optimizer(
-        config, inputs.num_classes, inputs.steps_per_epoch)
+        config, data.num_classes, inputs.steps_per_epoch(config, data))
     check_intervals(config, total_steps)
+    init_key, augment_key = backend.run_keys(config.seed)
+    run_input = inputs.make_input(config, mesh, data, model, tx, schedule, augment_key)
+    logging.info('Data: %s.', run_input.description)
     # Orbax keeps `keep_checkpoints` and writes one more before deleting the oldest.
     check_free_space(workdir_path, (config.keep_checkpoints + 1)
-                     * train_state.train_state_bytes(model, tx, inputs.image_size))
+                     * train_state.train_state_bytes(model, tx, run_input.image_size))
 
-    init_key, augment_key = backend.run_keys(config.seed)
-    state = train_state.create_train_state(model, tx, inputs.image_size, init_key, mesh)
+    state = train_state.create_train_state(model, tx, run_input.image_size, init_key, mesh)
     checkpointer = checkpoint.Checkpointer(
         workdir_path / 'checkpoints', config.keep_checkpoints, run_record(config, model))
     try:
@@ -125,16 +135,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     save_config(config, workdir_path)
     writer = metrics.MetricWriter(workdir_path, start_step)
 
-    train_step = inputs.make_train_step(model, tx, schedule, augment_key)
-    batches = inputs.batches(start_step)
+    batches = run_input.batches(start_step)
     first_batch = next(batches)
     compile_start = time.perf_counter()
-    train_step = train_step.lower(state, *first_batch).compile()
+    train_step = run_input.train_step.lower(state, *first_batch).compile()
     logging.info('Compiled the train step in %.1f s; %d devices; steps %d -> %d.',
                  time.perf_counter() - compile_start, mesh.devices.size, start_step, total_steps)
 
-    loop = _Loop(config, workdir_path, total_steps, checkpointer, writer, inputs.eval_split,
-                 start_step)
+    loop = _Loop(config, workdir_path, total_steps, checkpointer, writer,
+                 run_input.eval_split, start_step)
     try:
         with preemption.StopRequest() as stop:
             batch = first_batch
@@ -147,18 +156,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 loop.after_step(step, state, step_metrics, stop)
                 if config.eval_every_steps and (step + 1) % config.eval_every_steps == 0 \
                         and step + 1 != total_steps:
-                    loop.evaluate(step + 1, lambda s=state: inputs.evaluate(s))
+                    loop.evaluate(step + 1, lambda s=state: run_input.evaluate(s))
         final = {}
-        for mode in inputs.eval_modes:
-            final[mode] = loop.evaluate(total_steps, lambda m=mode: inputs.evaluate(state, m),
-                                        None if mode == inputs.eval_modes[0] else mode)
+        first_mode = run_input.eval_modes[0]
+        for mode in run_input.eval_modes:
+            final[mode] = loop.evaluate(total_steps, lambda m=mode: run_input.evaluate(state, m),
+                                        None if mode == first_mode else mode)
     finally:
         checkpointer.close()
         writer.close()
-    first = final[inputs.eval_modes[0]]
+    first = final[first_mode]
     if jax.process_index() == 0:
         (workdir_path / 'final_eval.json').write_text(json.dumps(
-            {'step': total_steps, 'split': inputs.eval_split, 'mode': inputs.eval_modes[0],
+            {'step': total_steps, 'split': run_input.eval_split, 'mode': first_mode,
              **first, 'modes': final}, indent=2) + '\n')
     return first
 
@@ -238,7 +248,7 @@ class _Loop:
     def save(self, done: int, state) -> None:
         self.flush_metrics(done)  # never save a state that followed a non-finite loss
         if not bool(self.params_finite(state.params)):
-            raise NonFiniteLossError(
+            raise NonFiniteError(
                 f'parameters became non-finite at step {done - 1}; the last good checkpoint '
                 f'({self.checkpointer.latest_step()}) is kept in {self.workdir}.')
         self.checkpointer.save(done, state)
@@ -252,7 +262,7 @@ class _Loop:
         self.finished = step
         for (at, _), values in zip(self.pending, fetched, strict=True):
             if not np.isfinite(values['loss']) and not self.config.skip_nonfinite_steps:
-                raise NonFiniteLossError(
+                raise NonFiniteError(
                     f'loss is {values["loss"]} at step {at}; stopping. The last good '
                     f'checkpoint ({self.checkpointer.latest_step()}) is kept in '
                     f'{self.workdir}. Last metrics: {values}. '

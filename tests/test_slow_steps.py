@@ -17,17 +17,17 @@ import jax
 import pytest
 from test_train import tiny_config
 
-from resnet_jax import in_memory, preemption, train
+from resnet_jax import preemption, steps, train
 
 DELAY = 0.5  # seconds per step
 
 
 class SlowSteps:
-    """Patches the in-memory input's train step to take `DELAY` s more; counts the steps."""
+    """Patches the train step that inputs build to take `DELAY` s more; counts the steps."""
 
     def __init__(self, monkeypatch):
         self.started = 0
-        original = in_memory.InMemoryInput.make_train_step
+        original = steps.make_train_step
 
         def sleep(loss):
             self.started += 1
@@ -43,8 +43,8 @@ class SlowSteps:
             state = state.replace(step=state.step + (0 * loss).astype(state.step.dtype))
             return state, dict(metrics, loss=loss)
 
-        def make_train_step(input_self, *args):
-            step = original(input_self, *args)
+        def make_train_step(*args, **kwargs):
+            step = original(*args, **kwargs)
 
             def compile_slow(*example):
                 compiled = step.lower(*example).compile()
@@ -54,7 +54,7 @@ class SlowSteps:
             return types.SimpleNamespace(lower=lambda *example: types.SimpleNamespace(
                 compile=lambda: compile_slow(*example)))
 
-        monkeypatch.setattr(in_memory.InMemoryInput, 'make_train_step', make_train_step)
+        monkeypatch.setattr(steps, 'make_train_step', make_train_step)
 
 
 def test_sigterm_stops_within_two_steps_whatever_log_every_steps_is(tmp_path, monkeypatch):

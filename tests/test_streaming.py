@@ -11,7 +11,7 @@ from PIL import Image
 tf = pytest.importorskip('tensorflow')
 
 from resnet_jax import configs, evaluation  # noqa: E402
-from resnet_jax.data import host_augment, sources, streaming  # noqa: E402
+from resnet_jax.data import host_augment, sources, tf_pipelines  # noqa: E402
 
 CLASSES = ('ant', 'bee', 'cat')
 
@@ -39,12 +39,12 @@ def folder(tmp_path_factory):
 
 
 def augmentation(kind='scale'):
-    return streaming.HostAugmentation(kind, 32, (36, 48), (0.3, 1.0), (0.75, 1.333), 36,
+    return tf_pipelines.HostAugmentation(kind, 32, (36, 48), (0.3, 1.0), (0.75, 1.333), 36,
                                       (32, 40), (1.0, 1.5, 2.0))
 
 
 def train_stream(folder, process_index=0, process_count=1, kind='scale', batch=6):
-    return streaming.TrainStream(
+    return tf_pipelines.TrainStream(
         sources.ImageFolderSource(str(folder)), augmentation(kind), seed=3,
         global_batch=batch, process_index=process_index, process_count=process_count,
         shuffle_buffer=64)
@@ -95,7 +95,7 @@ def test_eval_shares_cover_the_split_once(folder):
     source = sources.ImageFolderSource(str(folder))
     seen = []
     for p in range(2):
-        dataset = streaming.eval_dataset(source, augmentation(), 'center_crop',
+        dataset = tf_pipelines.eval_dataset(source, augmentation(), 'center_crop',
                                          process_index=p, process_count=2)
         seen += [(p, int(e['id']), int(e['label'])) for e in dataset.as_numpy_iterator()]
     assert len(seen) == source.num_examples('validation') == 9

@@ -17,7 +17,7 @@ from test_streaming import (  # noqa: E402
 )
 
 from resnet_jax import train  # noqa: E402
-from resnet_jax.data import sources, streaming  # noqa: E402
+from resnet_jax.data import sources, tf_pipelines  # noqa: E402
 
 NAME = 'tiny_images'
 
@@ -45,7 +45,7 @@ def tfds_dir(tmp_path_factory):
 
 
 def tfds_stream(tfds_dir, process_index=0, process_count=1, kind='scale'):
-    return streaming.TrainStream(
+    return tf_pipelines.TrainStream(
         sources.open_source(f'tfds:{NAME}', str(tfds_dir)), augmentation(kind), seed=3,
         global_batch=6, process_index=process_index, process_count=process_count,
         shuffle_buffer=8)
@@ -74,7 +74,7 @@ def test_tfds_eval_shares_cover_the_split_once(tfds_dir):
     source = sources.open_source(f'tfds:{NAME}', str(tfds_dir))
     labels = []
     for p in range(2):
-        dataset = streaming.eval_dataset(source, augmentation(), 'ten_crop', process_index=p,
+        dataset = tf_pipelines.eval_dataset(source, augmentation(), 'ten_crop', process_index=p,
                                          process_count=2)
         for example in dataset.as_numpy_iterator():
             assert example['views']['ten_crop'].shape == (10, 32, 32, 3)

@@ -11,8 +11,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import configs, in_memory, optim, parallel, steps, train, train_state
+from resnet_jax import configs, evaluation, optim, parallel, steps, train, train_state
 from resnet_jax.data import arrays
+from resnet_jax.inputs import in_memory
+from resnet_jax.inputs.preprocess import InMemoryPreprocessing
 
 
 def tiny_config(**overrides):
@@ -51,16 +53,17 @@ def _state_and_step(config, mesh, augment='none'):
 
 
 def _build_state_and_step(config, mesh, augment):
-    model = configs.build_model(
+    model = train.build_model(
         config, config.num_classes,
         bn_axis_name=parallel.DATA_AXIS if config.sync_batch_norm else None)
     schedule = optim.learning_rate_schedule(config, 8, config.total_steps)
     tx = optim.make_optimizer(config, schedule)
     state = train_state.create_train_state(
         model, tx, config.image_size, jax.random.key(0), mesh)
-    step = steps.make_train_step(
-        model, tx, schedule, mesh, pixel_mean=jnp.full((8, 8, 3), 127.0), augment=augment,
-        pad_pixels=2, augment_key=jax.random.key(1))
+    preprocessing = InMemoryPreprocessing(augment, 2, jnp.full((8, 8, 3), 127.0), 255.0,
+                                          jnp.float32)
+    step = steps.make_train_step(model, tx, schedule, mesh, preprocess=preprocessing.train,
+                                 augment_key=jax.random.key(1))
     return state, step
 
 
@@ -137,11 +140,15 @@ def test_evaluation_is_exact_with_a_padded_last_batch():
     config = tiny_config()
     mesh = parallel.make_mesh()
     state, _ = _state_and_step(config, mesh)
-    model = configs.build_model(config, 10)
-    eval_step = steps.make_eval_step(model, mesh, pixel_mean=jnp.full((8, 8, 3), 127.0))
+    model = train.build_model(config, 10)
+    preprocessing = InMemoryPreprocessing('none', 0, jnp.full((8, 8, 3), 127.0), 255.0,
+                                          jnp.float32)
+    eval_step = evaluation.make_in_memory_eval_step(model, mesh, preprocessing.normalize)
     images, labels, _ = _batch(30, seed=3)
-    padded = in_memory.evaluate(eval_step, state, images, labels, batch_size=8, mesh=mesh)
-    whole = in_memory.evaluate(eval_step, state, images, labels, batch_size=30, mesh=mesh)
+    padded = evaluation.evaluate_in_memory(eval_step, state, images, labels, batch_size=8,
+                                           mesh=mesh)
+    whole = evaluation.evaluate_in_memory(eval_step, state, images, labels, batch_size=30,
+                                          mesh=mesh)
     for key in whole:
         assert padded[key] == pytest.approx(whole[key], rel=1e-5)
     # Reference computed example by example, without padding.
@@ -203,7 +210,7 @@ def test_keeps_only_the_newest_checkpoints(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(total_steps=30, checkpoint_every_steps=1, log_every_steps=1)
     config.schedule.base_lr = 1e30
-    with pytest.raises(train.NonFiniteLossError, match=r'at step \d+') as raised:
+    with pytest.raises(train.NonFiniteError, match=r'at step \d+') as raised:
         train.train_and_evaluate(config, str(tmp_path))
     saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir())
     bad_step = int(str(raised.value).split('at step ')[1].split(';')[0])

@@ -83,6 +83,18 @@ class ArrayDataset:
             raise ValueError(f'train images {self.train_images.shape[1:]} and eval images '
                              f'{self.eval_images.shape[1:]} differ in shape')
 
+    @property
+    def description(self) -> str:
+        return self.source
+
+    @property
+    def image_size(self) -> int:
+        return self.train_images.shape[1]
+
+    def num_examples(self, split: str) -> int:
+        """Examples in 'train' or in the eval split."""
+        return len(self.train_labels if split == 'train' else self.eval_labels)
+
 
 class DatasetNotFoundError(FileNotFoundError):
     """No data set where it was looked for; the message lists the paths and how to fix it."""

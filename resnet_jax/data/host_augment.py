@@ -7,7 +7,7 @@ and after a resume. JPEGs are decoded only inside the crop window where the crop
 need the whole image (`decode_and_crop_jpeg`); other formats are decoded whole.
 
 All outputs are uint8; the mean subtraction and the colour (lighting) augmentation run on
-the device, on the batch (see `augment.py`), which keeps host work and transfers small.
+the device, on the batch (see `device_augment.py`), which keeps host work and transfers small.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import tensorflow as tf
+
+from resnet_jax.data import streaming_choices
 
 # A window is (offset_y, offset_x, height, width) in pixels of the original image.
 Window = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]
@@ -118,7 +120,8 @@ def train_image(encoded: tf.Tensor, seed: tf.Tensor, *, kind: str, crop_size: in
     elif kind == 'none':
         window_fn = center_crop_window(crop_size, crop_size)
     else:
-        raise ValueError(f'unknown host augmentation {kind!r}')
+        raise ValueError(f'unknown host augmentation {kind!r}; choose one of '
+                         f'{streaming_choices.HOST_AUGMENTATIONS}')
     image = resize_to(decode_window(encoded, window_fn), crop_size, crop_size)
     if kind != 'none':
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)

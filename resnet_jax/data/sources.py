@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
 import tensorflow as tf
 
 from resnet_jax import packages
@@ -149,14 +148,13 @@ def _not_prepared_message(name: str, looked_in: str, seconds: float) -> str:
     return message
 
 
-def open_source(dataset: str, data_dir: str) -> ImageFolderSource | TfdsSource:
+Source = ImageFolderSource | TfdsSource
+
+
+def open_source(dataset: str, data_dir: str) -> Source:
     """The source that `config.dataset` names: 'image_folder', 'imagenet2012' or 'tfds:NAME'."""
     if dataset == 'image_folder':
         return ImageFolderSource(data_dir)
     name = 'imagenet2012' if dataset == 'imagenet2012' else dataset.removeprefix('tfds:')
     return TfdsSource(name, data_dir)
 
-
-def random_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    """The order of the examples in one epoch of a random-access source."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)

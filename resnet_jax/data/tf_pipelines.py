@@ -27,16 +27,13 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax.data import host_augment, sources
+from resnet_jax.data import host_augment, order, sources, streaming_choices
 
 # The pipeline must not take the accelerators from JAX (a full `tensorflow` install
 # would otherwise claim GPU memory).
 tf.config.set_visible_devices([], 'GPU')
 
 logger = logging.getLogger(__name__)
-
-EVAL_MODES = ('center_crop', 'ten_crop', 'multi_scale')
-
 
 @dataclasses.dataclass(frozen=True)
 class HostAugmentation:
@@ -75,7 +72,8 @@ class HostAugmentation:
         if mode == 'multi_scale':
             return host_augment.multi_scale_views(encoded, self.multi_scale_sizes,
                                                   self.multi_scale_aspect_ratios)
-        raise ValueError(f'unknown evaluation mode {mode!r}; choose one of {EVAL_MODES}')
+        raise ValueError(f'unknown evaluation mode {mode!r}; choose one of '
+                         f'{streaming_choices.EVAL_MODES}')
 
 
 def limit_threads(threads: int) -> None:
@@ -170,9 +168,9 @@ class TrainStream:
     def local_indices(self, epoch: int) -> np.ndarray:
         """[steps, local batch]: this process's examples of each step of an epoch."""
         local, steps = self.local_batch, self.steps_per_epoch
-        order = sources.random_order(self.seed, epoch, self.source.num_examples('train'))
+        permutation = order.epoch_permutation(self.seed, epoch, self.source.num_examples('train'))
         columns = slice(self.process_index * local, (self.process_index + 1) * local)
-        return order[:steps * self.global_batch].reshape(steps, -1)[:, columns]
+        return permutation[:steps * self.global_batch].reshape(steps, -1)[:, columns]
 
     def _positions(self, local_positions: np.ndarray) -> np.ndarray:
         """Global position in the epoch of this process's local example positions."""

@@ -1,13 +1,21 @@
-"""The paper's CIFAR augmentation and input normalisation, run on the device.
+"""Augmentation and input normalisation that run on the device, inside the train step.
 
-All functions are pure and vectorised over the batch, so they run inside the jitted
-train step on the uint8 images that stay on the device.
+The paper's CIFAR augmentation (pad, crop, flip) of in-memory images, AlexNet's lighting
+(PCA colour) shift of streamed batches, and the normalisation of both. All functions are
+pure and vectorised over the batch, so they run inside the jitted train step on uint8
+images already on the device.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+# `config.augment`, the in-memory data's augmentation (streamed data: host_augment.py).
+AUGMENTATIONS = ('pad_crop_flip', 'flip', 'none')
 
 
 def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
@@ -33,6 +41,8 @@ def random_pad_crop(key: jax.Array, images: jax.Array, pad: int) -> jax.Array:
 
 def augment(key: jax.Array, images: jax.Array, kind: str, pad: int) -> jax.Array:
     """Applies the augmentation named by `config.augment` to a uint8 batch."""
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f'unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}')
     if kind == 'none':
         return images
     crop_key, flip_key = jax.random.split(key)
@@ -64,3 +74,25 @@ def lighting_offset(key: jax.Array, batch: int, std: float, eigenvalues: jax.Arr
     """
     alpha = std * jax.random.normal(key, (batch, 3))
     return 255.0 * (alpha * eigenvalues) @ eigenvectors.T
+
+
+@dataclasses.dataclass(frozen=True)
+class Lighting:
+    """The lighting augmentation's strength and the data's RGB eigen-decomposition."""
+
+    std: float
+    eigenvalues: tuple[float, ...]
+    eigenvectors: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def from_config(cls, stream: ml_collections.ConfigDict) -> Lighting:
+        """From the `config.streaming` section."""
+        return cls(stream.lighting_std, tuple(stream.lighting_eigenvalues),
+                   tuple(map(tuple, stream.lighting_eigenvectors)))
+
+    def offset(self, key: jax.Array, batch: int) -> jax.Array | None:
+        """The per-image RGB shift [batch, 3] (`lighting_offset`); None when std is 0."""
+        if self.std <= 0:
+            return None
+        return lighting_offset(key, batch, self.std, jnp.asarray(self.eigenvalues),
+                               jnp.asarray(self.eigenvectors))

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.data import augment
+from resnet_jax.data import device_augment as augment
 
 
 def _images(n=40, size=8, seed=0):
