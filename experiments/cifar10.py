@@ -23,15 +23,9 @@ Expected test error (paper, Table 6; original lossless CIFAR-10): ResNet-20 8.75
 Plain nets train worse as they get deeper (Figure 6, left). Results on the quality-75
 JPEG copy of CIFAR-10 are expected to sit somewhat below these.
 
-Measured (JPEG copy, 2026-11-27): resnet20 87.74% test top-1 (12.26% error) in 4 min 48 s
-on one H100 80GB (benchmarks/gpu_cifar10.sh). Other depths: not measured yet.
-
-Measured, short variant (JPEG copy, 2026-12-01): resnet20,short 76.73% test top-1 (top-5
-98.70%) in 12 min 30 s, the whole command with the data read from its cache, on a 2-core
-AMD EPYC with AVX-512 shared with other work (load average about 2.5): one JAX CPU
-device, the CPU kernels, median 538 images/s over the 100-step windows (323 to 655).
-Test top-1 at steps 500/1000/1500/2000: 55.6/63.3/75.0/76.6%
-(results/cpu_2026-12-01/cifar10_resnet20_short.log).
+Measured on the JPEG copy: resnet20 87.74% test top-1 in 4 min 48 s on one H100 80GB;
+resnet20,short 76.73% in 12 min 30 s on a 2-core AMD EPYC CPU (results/, docs/cpu.md).
+Other depths: not measured yet.
 """
 
 from resnet_jax import configs

@@ -21,14 +21,11 @@ import jax
 from resnet_jax.cpu import compiler, host_memory, kernel_layers
 from resnet_jax.layers import XLA_LAYERS, Layers
 
-# The values of config.cpu_kernels; kernel_layers says what each means.
-CPU_KERNEL_CHOICES = kernel_layers.CHOICES
-
 
 def layers(cpu_kernels: str, platform: str) -> Layers:
     """The layers of a model on `platform` ('cpu', 'gpu', 'tpu') for `config.cpu_kernels`."""
-    if cpu_kernels not in CPU_KERNEL_CHOICES:
-        raise ValueError(f'cpu_kernels={cpu_kernels!r}: choose one of {CPU_KERNEL_CHOICES}')
+    if cpu_kernels not in kernel_layers.CHOICES:
+        raise ValueError(f'cpu_kernels={cpu_kernels!r}: choose one of {kernel_layers.CHOICES}')
     if platform != 'cpu':
         return XLA_LAYERS  # nothing is built or traced for the CPU kernels elsewhere
     return kernel_layers.layers(cpu_kernels)

@@ -44,8 +44,8 @@ from resnet_jax.inputs.preprocess import InMemoryPreprocessing, StreamedPreproce
 
 # Dense peak TFLOP/s by device_kind prefix and compute dtype (vendor datasheets, SXM parts).
 # On NVIDIA GPUs XLA runs float32 convolutions and matrix products on the tensor cores in
-# TF32 at the default precision, so float32 is compared with the TF32 rate (with the plain
-# float32 rate, a ResNet-50 step measured on an H100 came out at 110% "MFU").
+# TF32 at the default precision, so float32 is compared with the TF32 rate (against the
+# plain float32 rate a ResNet-50 step exceeds 100% "MFU").
 DATASHEET_PEAK_TFLOPS: dict[str, dict[str, float]] = {
     'NVIDIA H100': {'bfloat16': 989.0, 'float32': 494.7},
     'NVIDIA H200': {'bfloat16': 989.0, 'float32': 494.7},

@@ -20,12 +20,17 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def output_side(side: int, window: int, stride: int, padding: int) -> int:
+    """The output side of a window sliding over `side` pixels padded by `padding` each end."""
+    return (side + 2 * padding - window) // stride + 1
+
+
 class Conv(nn.Conv):
     """`nn.Conv`; a 1x1 convolution without padding is computed as a strided slice and a
     `dot_general` over the channels (the same 'kernel' parameter [1, 1, in, out], init and
     output), so that its gradients are matrix products too. XLA:CPU otherwise computes the
     weight gradient of a 1x1 convolution as a convolution whose window is the whole feature
-    map, at a few GFLOP/s."""
+    map, far slower than a matrix product."""
 
     dot_general: Callable = lax.dot_general  # lax's signature
 

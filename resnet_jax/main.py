@@ -42,15 +42,14 @@ flags.DEFINE_integer('num_processes', None,
 flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
 flags.DEFINE_integer(
     'cpu_devices', 0,
-    'Split each CPU into this many JAX devices (0: one), data parallel over its cores: on '
-    'a 2-core CPU x0.85 to x1.13 with the CPU kernels (README, "Performance"); each '
-    'normalises its own share of the batch, as GPUs would, unless '
-    '--config.sync_batch_norm=True.')
+    'Split each CPU into this many JAX devices (0: one), data parallel over its cores '
+    '(docs/cpu.md measures when it pays); each normalises its own share of the batch, as '
+    'GPUs would, unless --config.sync_batch_norm=True.')
 flags.DEFINE_bool(
     'keep_freed_memory', True,
     'On a CPU-only run, keep the memory XLA frees after each step for the next one instead '
     'of returning it to the system (glibc malloc settings; resnet_jax/cpu/host_memory.py): '
-    'ResNet-20 steps about 1.25x faster; the process then holds its peak memory.')
+    'faster steps (docs/cpu.md), and the process then holds its peak memory.')
 flags.DEFINE_string(
     'compilation_cache_dir', os.path.join('~', '.cache', 'resnet_jax', 'jax_compilation'),
     "JAX's persistent compilation cache, so that a second start of the same experiment "

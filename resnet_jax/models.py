@@ -315,29 +315,3 @@ def create_model(
     )
     model._check()  # fail here, not at the first trace
     return model
-
-
-def _spatial_sides(spec: ModelSpec, image_size: int) -> list[int]:
-    """The side of the feature map after each strided layer (stem, pool, stage strides)."""
-    kernel, stride, max_pool = _STEMS[spec.stem]
-    layers = [(kernel, stride)] + [(3, 2)] * max_pool + [(3, 2)] * (len(spec.stage_sizes) - 1)
-    sides, side = [], image_size
-    for k, s in layers:
-        # Output side with padding k//2; a strided 1x1 (v1, projections) gives the same.
-        side = (side + 2 * (k // 2) - k) // s + 1
-        sides.append(side)
-    return sides
-
-
-def min_image_size(name: str) -> int:
-    """The smallest input side the model accepts: every feature map keeps at least 1 pixel.
-
-    Each strided layer pads k//2, so it maps a side H to ceil(H/s) >= 1; the bound is
-    therefore 1 for every model in the table (the final map of an ImageNet net is
-    ceil(H/32) pixels wide). Tiny inputs are legal but leave the stages little to see.
-    """
-    spec = model_spec(name)
-    size = 1
-    while min(_spatial_sides(spec, size)) < 1:
-        size += 1
-    return size

@@ -63,7 +63,8 @@ def check_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
 class InFlight:
     """Bounds how far the host runs ahead of the devices: `add` the result of each
     dispatched step; past `limit` pending results, it waits for the oldest and returns it
-    from `add` (the rest from `drain`), fetched to the host.
+    from `add` (the rest from `drain`), fetched to the host. With limit 0, `add` waits for
+    each result at once.
 
     XLA:CPU starts each device's part of a multi-device computation on one thread pool and,
     with many computations queued on a device, blocks a pool thread until one of them
@@ -75,8 +76,8 @@ class InFlight:
     """
 
     def __init__(self, limit: int = 2):
-        if limit < 1:
-            raise ValueError(f'InFlight needs a limit of at least 1, got {limit}')
+        if limit < 0:
+            raise ValueError(f'InFlight needs a limit of at least 0, got {limit}')
         self.limit = limit
         self._pending: collections.deque = collections.deque()
 

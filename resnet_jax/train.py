@@ -9,7 +9,6 @@ state), and fetches metrics only every `log_every_steps`, for a progress line ev
 
 from __future__ import annotations
 
-import collections
 import json
 import time
 
@@ -185,8 +184,9 @@ class _Loop:
         self.writer = writer
         self.eval_split = eval_split
         self.pending: list[tuple[int, dict]] = []  # metrics not yet fetched from the device
-        # (steps done, metrics) of steps dispatched and not yet seen to finish.
-        self.in_flight: collections.deque[tuple[int, dict]] = collections.deque()
+        # (steps done, metrics) of steps dispatched and not yet seen to finish; the step
+        # about to be dispatched makes steps_in_flight.
+        self.in_flight = parallel.InFlight(config.steps_in_flight - 1)
         self.finished = start_step  # steps known to have finished on the device
         self.input_wait = 0.0  # seconds spent waiting for input since the last log
         self.last_log = (start_step, time.perf_counter())  # the last metrics record
@@ -220,10 +220,8 @@ class _Loop:
         or an evaluation) waits for all of them. Waiting on the metrics (a few scalars) of
         an older step costs nothing while a newer one keeps the device busy.
         """
-        self.in_flight.append((done, step_metrics))
-        while len(self.in_flight) >= self.config.steps_in_flight:
-            self.finished, oldest = self.in_flight.popleft()
-            jax.block_until_ready(oldest)
+        for finished, _ in self.in_flight.add((done, step_metrics)):
+            self.finished = finished
 
     def progress_due(self) -> bool:
         """After the first finished step of this process, then every `log_every_seconds`."""
@@ -258,7 +256,7 @@ class _Loop:
         if not self.pending:
             return
         fetched = jax.device_get([m for _, m in self.pending])
-        self.in_flight.clear()
+        self.in_flight.drain()  # all fetched above
         self.finished = step
         for (at, _), values in zip(self.pending, fetched, strict=True):
             if not np.isfinite(values['loss']) and not self.config.skip_nonfinite_steps:

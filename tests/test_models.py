@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import models
-from resnet_jax.models import MODEL_NAMES, ResNet, create_model, min_image_size
+from resnet_jax import layers, models
+from resnet_jax.models import MODEL_NAMES, ResNet, create_model
 
 
 def _count(tree) -> int:
@@ -168,17 +168,23 @@ def test_cifar_stage_shapes():
 
 
 @pytest.mark.parametrize('name', ['resnet50', 'cifar_resnet20'])
-def test_min_image_size_is_accepted_and_matches_the_geometry(name):
-    # The stride geometry that min_image_size reasons about must be the model's own.
-    size = min_image_size(name)
-    assert size == 1  # padding k//2 maps every side H to ceil(H/s) >= 1
+def test_any_image_side_works_and_each_strided_layer_follows_output_side(name):
+    # Padding k//2 maps every side H to ceil(H/s) >= 1, so even 1-pixel images run; the
+    # CPU kernels compute their output shapes with the same layers.output_side.
     spec = models.model_spec(name)
     model = create_model(name, num_classes=10)
-    for side in (size, 33, 224):
+    for side in (1, 33, 224):
         _, stages = _stage_shapes(model, side)
-        sides = models._spatial_sides(spec, side)
-        assert stages[f'stage{len(spec.stage_sizes)}'].shape[1] == sides[-1] >= 1
-        assert stages['stem'].shape[1] == sides[len(sides) - len(spec.stage_sizes)]
+        stem = layers.output_side(side, 7 if spec.stem == 'imagenet' else 3,
+                                  2 if spec.stem == 'imagenet' else 1,
+                                  3 if spec.stem == 'imagenet' else 1)
+        if spec.stem == 'imagenet':
+            stem = layers.output_side(stem, 3, 2, 1)  # the max pool
+        assert stages['stem'].shape[1] == stem
+        last = stem
+        for _ in spec.stage_sizes[1:]:
+            last = layers.output_side(last, 3, 2, 1)
+        assert stages[f'stage{len(spec.stage_sizes)}'].shape[1] == last >= 1
 
 
 # --- shortcut options -------------------------------------------------------------------------

@@ -69,7 +69,12 @@ def test_in_flight_waits_for_the_oldest_beyond_its_limit():
     assert in_flight.drain() == []
 
 
-@pytest.mark.parametrize('limit', [0, -1])
-def test_in_flight_needs_a_positive_limit(limit):
-    with pytest.raises(ValueError, match='at least 1'):
-        parallel.InFlight(limit)
+def test_in_flight_with_limit_zero_waits_for_each_result():
+    in_flight = parallel.InFlight(limit=0)
+    assert [int(v) for v in in_flight.add(jax.numpy.full((), 7))] == [7]
+    assert in_flight.drain() == []
+
+
+def test_in_flight_rejects_a_negative_limit():
+    with pytest.raises(ValueError, match='at least 0'):
+        parallel.InFlight(-1)

@@ -11,9 +11,7 @@ fusion (its `cse_barrier_expander` pass).
 
 XLA:CPU also hands every convolution with more than 16 input or output features (so every
 weight gradient too) to its YNNPACK library by default. In these training steps XLA's own
-(Eigen) convolutions are faster: side by side on a 2-core CPU, the CIFAR ResNet-20 step
-took 472 instead of 576 ms, ResNet-56 1.41 instead of 1.87 s (on 2 simulated devices about
-5% less; ResNet-50 at batch 32: no difference beyond the noise). Reductions and matrix
+(Eigen) convolutions are faster (docs/cpu.md has the measurements). Reductions and matrix
 products (the 1x1 convolutions, the head) stay with YNNPACK. XLA_FLAGS that set
 `xla_cpu_experimental_ynn_fusion_type` override this (benchmarks/cpu_vs_torch.py --variant).
 Other backends get none of these options.

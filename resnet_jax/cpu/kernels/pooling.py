@@ -17,17 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.cpu.kernels import native
-
-
-def _output_side(side: int, window: int, stride: int, padding: int) -> int:
-    return (side + 2 * padding - window) // stride + 1
+from resnet_jax.layers import output_side
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def _max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
     n, h, w, c = x.shape
-    shape = (n, _output_side(h, window, stride, padding),
-             _output_side(w, window, stride, padding), c)
+    shape = (n, output_side(h, window, stride, padding),
+             output_side(w, window, stride, padding), c)
     (y,) = native.call('resnet_max_pool_forward', [shape], x, window=np.int64(window),
                        stride=np.int64(stride), padding=np.int64(padding))
     return y
@@ -60,7 +57,7 @@ def covers(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | N
     return (x.ndim == 4 and x.dtype == jnp.float32 and x.shape[3] % 16 == 0
             and len(pads) == 2 and len(set(pads)) == 1 and pads[0][0] == pads[0][1]
             and 0 <= pads[0][0] < window_shape[0]
-            and min(_output_side(side, window_shape[0], strides[0], pads[0][0])
+            and min(output_side(side, window_shape[0], strides[0], pads[0][0])
                     for side in x.shape[1:3]) >= 1)
 
 
