@@ -1,14 +1,15 @@
 """JAX against PyTorch, side by side in one run: the training step of the same model.
 
-    python benchmarks/cpu_vs_torch.py                      # the three cases of issue 5
+    python benchmarks/cpu_vs_torch.py                      # the three default cases
     python benchmarks/cpu_vs_torch.py --case experiments/cifar10.py:resnet56@128 \
         --contenders jax,jax-2dev,torch,torch-compile --repeats 7
 
 Each contender is a worker process that builds and compiles its step once, then waits.
 The parent asks the workers in turn, round after round, to time one window of `--steps`
-steps, so that every contender sees the same machine load (this machine is shared and
-noisy). It prints the median seconds per step of each and the ratio to PyTorch eager
-(> 1: faster than torch eager).
+steps, so that every contender sees the same machine load (a shared machine is noisy).
+It prints the median seconds per step of each and the ratio to PyTorch eager (> 1: faster
+than torch eager). The default cases are CIFAR ResNet-20 and ResNet-56 at batch 128 and
+ResNet-50 at batch 32 (`DEFAULT_CASES`).
 
 Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
 the XLA_FLAGS of the environment and, as `resnet_jax.main` on a CPU, malloc keeping freed
@@ -195,8 +196,8 @@ def main() -> int:
     parser.add_argument('--case', action='append', help='CONFIG[:ARG]@BATCH (repeatable)')
     parser.add_argument('--contenders', default='jax,torch',
                         help='comma-separated: jax, jax-2dev, jax-xla, jax-2dev-xla, jax-conv, '
-                             'jax-kernels, jax+NAME, torch, torch-compile; a /thp suffix: '
-                             'malloc on huge pages')
+                             'jax-kernels, jax+NAME, torch, torch-compile; a /retain, /glibc '
+                             '(jax only) or /thp suffix sets the malloc (see the docstring)')
     parser.add_argument('--variant', action='append', default=[], metavar="NAME='FLAGS'",
                         help='extra XLA_FLAGS for the contender jax+NAME')
     parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))

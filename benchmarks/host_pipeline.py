@@ -19,7 +19,7 @@ rate per core.
 
     python benchmarks/host_pipeline.py [--num-images 512] [--repeats 5] [--threads 1,all]
         [--modes decode,scale,inception,center_crop,ten_crop,multi_scale]
-        [--device-images-per-sec 5891] [--data-dir DIR] [--no-pin] [--json OUT]
+        [--device-images-per-sec RATE] [--data-dir DIR] [--no-pin] [--json OUT]
 
 Prints one row per pipeline and thread count:
 - img/s: images per second (median of the repeats, [min - max]); an eval image is one
@@ -30,8 +30,9 @@ Prints one row per pipeline and thread count:
 - busy: CPU seconds per second, how many cores the pipeline actually kept busy (below
   the thread count when other processes take CPU time, or the pipeline waits),
 - cores: cores needed to feed --device-images-per-sec at this row's img/CPU-s
-  (5891 is ResNet-50, bfloat16, batch 256 on one H100 in training; for the eval rows,
-  pass the device's evaluation rate instead).
+  (the default is the training rate of ResNet-50, bfloat16, batch 256 on one H100, as
+  measured in docs/performance.md; for the eval rows, pass the device's evaluation rate
+  instead).
 """
 
 from __future__ import annotations
@@ -375,8 +376,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--repeats', type=int, default=5, help='timed passes per case')
     parser.add_argument('--warmup', type=int, default=64, help='images read before timing')
     parser.add_argument('--device-images-per-sec', type=float, default=5891.0,
-                        help='accelerator rate to feed (default: ResNet-50 bf16 training on '
-                        'one H100)')
+                        help='accelerator images/s to feed (default: the measured ResNet-50 '
+                        'bf16 training rate on one H100, docs/performance.md)')
     parser.add_argument('--pin', action=argparse.BooleanOptionalAction, default=can_pin(),
                         help='pin the process to as many cores as the pool has threads')
     parser.add_argument('--seed', type=int, default=0, help='seed of the written images')
