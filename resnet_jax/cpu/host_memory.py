@@ -20,6 +20,8 @@ import logging
 import os
 import platform
 
+import jax
+
 # mallopt(3) parameters, from glibc's malloc.h. A trim threshold of -1 reads as the largest
 # size: never trim (a ResNet-50 step's temporaries alone exceed the largest positive int).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -29,8 +31,6 @@ _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 def cpu_only_run() -> bool:
     """Whether JAX will run on the CPU alone, decided without starting a backend: the first
     of JAX_PLATFORMS (or jax_platforms) is 'cpu', or no GPU/TPU plugin is installed."""
-    import jax
-
     platforms = jax.config.jax_platforms or os.environ.get('JAX_PLATFORMS', '')
     if platforms:
         return platforms.split(',')[0].strip() == 'cpu'
