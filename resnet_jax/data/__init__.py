@@ -1,1 +1,1 @@
-"""Input pipelines: in-memory arrays (CIFAR, synthetic) kept on the device."""
+"""Reading data sets: whole into host memory (arrays.py), or streamed by tf.data (the rest)."""
