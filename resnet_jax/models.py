@@ -216,6 +216,9 @@ class ResNet(nn.Module):
 
         # Pool and classify in float32: the mean over H*W and the logits want the precision.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        # The pooled features, for use as a backbone (resnet_jax.features): kept only when
+        # apply is called with mutable=['intermediates'].
+        self.sow('intermediates', 'pre_logits', x)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                           name='head')(x)
         return (logits, stages) if return_stages else logits
