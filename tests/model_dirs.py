@@ -41,11 +41,13 @@ def random_variables(model: models.ResNet, seed: int = 0, image_size: int = 32) 
 
 
 def cifar_model_dir(directory: pathlib.Path, name: str = 'cifar_resnet8',
-                    num_classes: int = 10) -> tuple[models.ResNet, dict]:
-    """A model directory of a CIFAR-10 model (as a training run's workdir would hold)."""
+                    num_classes: int = 10, **fields) -> tuple[models.ResNet, dict]:
+    """A model directory of a CIFAR-10 model (as a training run's workdir would hold);
+    `fields` override the config's (dataset='image_folder', data_dir=...)."""
     config = configs.get_base_config()
     config.model.name = name
     config.dataset = 'cifar10'
+    config.update(fields)
     model = pretrained.build_model(config, num_classes)
     variables = random_variables(model)
     pretrained.save(str(directory), config, variables, num_classes)
