@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 
 import jax
 from absl import app, flags, logging
 
-from resnet_jax import models, pretrained, torch_files, torchvision_weights
+from resnet_jax import cli, models, pretrained, torch_files, torchvision_weights
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('torchvision', None, 'torchvision ResNet state dict: .pth or .safetensors.')
@@ -44,7 +43,7 @@ def convert(torchvision_file: str, model_name: str, out: str) -> pretrained.Load
         config.data_dir = ''
     model = pretrained.build_model(config, num_classes)
     variables = torchvision_weights.to_variables(state_dict, model, torchvision_file)
-    pretrained.save(out, config, variables, num_classes)
+    pretrained.save(out, config, model, variables)
     with open(torchvision_file, 'rb') as file:
         digest = hashlib.sha256(file.read()).hexdigest()
     (pretrained.checkpoints_dir(out).parent / 'converted_from.json').write_text(json.dumps(
@@ -54,24 +53,21 @@ def convert(torchvision_file: str, model_name: str, out: str) -> pretrained.Load
 
 
 def main(argv: list[str]) -> None:
+    cli.quiet_orbax_logs()
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     if FLAGS.model not in models.MODEL_NAMES:
-        _fail(f'--model={FLAGS.model!r} is unknown; valid names: {", ".join(models.MODEL_NAMES)}')
+        cli.fail(f'--model={FLAGS.model!r} is unknown; valid names: '
+                 f'{", ".join(models.MODEL_NAMES)}')
     start = time.perf_counter()
     try:
         loaded = convert(FLAGS.torchvision, FLAGS.model, FLAGS.out)
     except USER_ERRORS as error:
-        _fail(f'{type(error).__name__}: {error}')
+        cli.fail(f'{type(error).__name__}: {error}')
     count = sum(v.size for v in jax.tree.leaves(loaded.variables['params']))
     logging.info('Converted %s (%s, %d classes, %d parameters) into %s in %.1f s.',
                  FLAGS.torchvision, FLAGS.model, loaded.num_classes, count, FLAGS.out,
                  time.perf_counter() - start)
-
-
-def _fail(line: str) -> None:
-    sys.stderr.write(f'{line}\n')
-    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -16,7 +16,6 @@ batch of 2 random images.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from resnet_jax import pretrained
+from resnet_jax import cli, pretrained
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint', None, 'A model directory (resnet_jax.convert) or a workdir.')
@@ -74,13 +73,14 @@ def check_against_live(exported: jax.export.Exported, serialized: bytes, model, 
 
 
 def main(argv: list[str]) -> None:
+    cli.quiet_orbax_logs()
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     try:
         loaded = pretrained.load_dir(FLAGS.checkpoint)
         image_size = FLAGS.image_size or image_size_of(loaded)
     except (pretrained.ModelDirError, ValueError) as error:
-        _fail(f'{type(error).__name__}: {error}')
+        cli.fail(f'{type(error).__name__}: {error}')
     start = time.perf_counter()
     exported = export_inference(loaded.model, loaded.variables, image_size, FLAGS.platforms)
     serialized = exported.serialize()
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
         with open(FLAGS.out, 'wb') as file:
             file.write(serialized)
     except OSError as error:
-        _fail(f'cannot write --out={FLAGS.out}: {error.strerror or error}')
+        cli.fail(f'cannot write --out={FLAGS.out}: {error.strerror or error}')
     seconds = time.perf_counter() - start
     if jax.default_backend() in exported.platforms:
         difference = check_against_live(exported, serialized, loaded.model, loaded.variables,
@@ -101,11 +101,6 @@ def main(argv: list[str]) -> None:
                  loaded.num_classes, FLAGS.out, len(serialized) / 1e6,
                  exported.in_avals[0].str_short(), ','.join(exported.platforms), seconds,
                  checked)
-
-
-def _fail(line: str) -> None:
-    sys.stderr.write(f'{line}\n')
-    sys.exit(1)
 
 
 if __name__ == '__main__':

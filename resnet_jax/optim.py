@@ -8,7 +8,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from resnet_jax import configs
+from resnet_jax import configs, init_from
 
 
 def learning_rate_schedule(
@@ -55,9 +55,11 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay added to the gradient (as the paper and torch)."""
     optim = config.optim
-    return optax.chain(
+    tx = optax.chain(
         optax.add_decayed_weights(
             optim.weight_decay,
             mask=lambda params: weight_decay_mask(params, optim.weight_decay_params)),
         optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
     )
+    # Fine-tuning: parts named in config.frozen_stages get no updates at all.
+    return init_from.freeze(tx, config.get('frozen_stages', ()))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from resnet_jax import eval_preprocessing, pretrained
+from resnet_jax import cli, eval_preprocessing, pretrained
 from resnet_jax.data import arrays
 
 FLAGS = flags.FLAGS
@@ -102,29 +102,25 @@ def predict(directory: str, paths: Sequence[str], batch_size: int = 32, top: int
 
 
 def main(argv: list[str]) -> None:
+    cli.quiet_orbax_logs()
     paths = argv[1:]
     directory = FLAGS.checkpoint or FLAGS.workdir
     if not directory or (FLAGS.checkpoint and FLAGS.workdir):
-        _fail('give one of --checkpoint DIR or --workdir DIR')
+        cli.fail('give one of --checkpoint DIR or --workdir DIR')
     if not paths:
-        _fail('give one or more image files after the flags')
+        cli.fail('give one or more image files after the flags')
     if FLAGS.batch_size < 1 or FLAGS.top < 1:
-        _fail('--batch_size and --top must be >= 1')
+        cli.fail('--batch_size and --top must be >= 1')
     try:
         failures, timings = predict(directory, paths, FLAGS.batch_size, FLAGS.top)
     except (pretrained.ModelDirError, arrays.DatasetNotFoundError, arrays.DataError) as error:
-        _fail(f'{type(error).__name__}: {error}')
+        cli.fail(f'{type(error).__name__}: {error}')
     logging.info('Predicted %d images in %.1f s (%.1f images/s after the first batch, '
                  'batch %d, reading and preprocessing included).', timings['images'],
                  timings['seconds'], timings['images_per_second'], FLAGS.batch_size)
     if failures:
         sys.stderr.write(''.join(f'ERROR {line}\n' for line in failures))
         sys.exit(1)
-
-
-def _fail(line: str) -> None:
-    sys.stderr.write(f'{line}\n')
-    sys.exit(1)
 
 
 if __name__ == '__main__':

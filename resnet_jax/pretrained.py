@@ -141,8 +141,8 @@ def load(directory: str, step: int | None = None) -> tuple[models.ResNet, dict[s
     return loaded.model, loaded.variables
 
 
-def save(directory: str, config: ml_collections.ConfigDict, variables: dict[str, Any],
-         num_classes: int) -> epath.Path:
+def save(directory: str, config: ml_collections.ConfigDict, model: models.ResNet,
+         variables: dict[str, Any]) -> epath.Path:
     """Writes a model directory: `config.json` and step 0 of `checkpoints/` holding the
     variables and an empty optimiser state. Refuses a directory that already has
     checkpoints. Returns the checkpoints path."""
@@ -155,9 +155,9 @@ def save(directory: str, config: ml_collections.ConfigDict, variables: dict[str,
     state = {'step': np.zeros((), np.int32), 'params': variables['params'],
              'batch_stats': variables.get('batch_stats', {}), 'opt_state': {}}
     # The record a training run writes (train.run_record), so that the directory reads alike.
-    record = {'model': {'name': config.model.name, 'shortcut': config.model.shortcut,
+    record = {'model': {'name': config.model.name, 'shortcut': model.shortcut,
                         'variant': config.model.variant},
-              'num_classes': num_classes}
+              'num_classes': model.num_classes}
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     manager = ocp.CheckpointManager(path, options=options, item_handlers=_handlers())
     try:

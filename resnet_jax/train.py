@@ -24,6 +24,7 @@ from resnet_jax import (
     checkpoint,
     configs,
     in_memory,
+    init_from,
     metrics,
     optim,
     packages,
@@ -112,6 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = checkpoint.Checkpointer(
         workdir_path / 'checkpoints', config.keep_checkpoints, run_record(config, model))
     try:
+        if checkpointer.latest_step() is None:  # a fresh run: maybe from config.init_from
+            state = init_from.initialise(config, state, model)
         state = checkpointer.restore_latest(state)
     except Exception:
         checkpointer.close()

@@ -50,7 +50,7 @@ def cifar_model_dir(directory: pathlib.Path, name: str = 'cifar_resnet8',
     config.update(fields)
     model = pretrained.build_model(config, num_classes)
     variables = random_variables(model)
-    pretrained.save(str(directory), config, variables, num_classes)
+    pretrained.save(str(directory), config, model, variables)
     return model, variables
 
 
@@ -60,7 +60,7 @@ def imagenet_model_dir(directory: pathlib.Path, name: str = 'resnet18',
     config = pretrained.imagenet_config(name, num_classes)
     model = pretrained.build_model(config, num_classes)
     variables = random_variables(model)
-    pretrained.save(str(directory), config, variables, num_classes)
+    pretrained.save(str(directory), config, model, variables)
     return model, variables
 
 
