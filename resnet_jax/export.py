@@ -96,7 +96,7 @@ def main(argv: list[str]) -> None:
         checked = f'reloaded: logits within {difference:.1e} of the live model (relative)'
     else:
         checked = f'not reloaded here (this machine is {jax.default_backend()})'
-    logging.info('Exported %s (step %d, %d classes) to %s: %.1f MB, input %s float32, '
+    logging.info('Exported %s (step %d, %d classes) to %s: %.1f MB, input %s, '
                  'platforms %s, in %.1f s; %s.', FLAGS.checkpoint, loaded.step,
                  loaded.num_classes, FLAGS.out, len(serialized) / 1e6,
                  exported.in_avals[0].str_short(), ','.join(exported.platforms), seconds,

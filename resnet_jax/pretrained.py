@@ -174,6 +174,7 @@ def imagenet_config(model_name: str, num_classes: int) -> ml_collections.ConfigD
     its evaluation preprocessing (shorter side 256, centre 224 crop, torchvision's
     normalisation, which `configs.streaming_config` holds as 0-255 mean/std)."""
     config = configs.paper_imagenet_config(model_name)
+    config.pipeline = 'streaming'  # evaluated as streamed images are, whatever the data set
     config.model.variant = 'v1.5'
     config.model.shortcut = 'B'
     config.num_classes = num_classes

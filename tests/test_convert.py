@@ -16,7 +16,7 @@ from model_dirs import (
     torchvision_state_dict,
 )
 
-from resnet_jax import models, pretrained, torch_files, torchvision_weights
+from resnet_jax import eval_preprocessing, models, pretrained, torch_files, torchvision_weights
 
 NARROW = {  # the committed fixture's nets: torchvision's modules, widths / 8
     'narrow_resnet18': ('basic', (2, 2, 2, 2), 'pth'),
@@ -112,6 +112,9 @@ def test_convert_writes_a_model_directory_that_loads(tmp_path):
     assert (model.num_classes, model.variant, model.shortcut) == (7, 'v1.5', 'B')
     np.testing.assert_array_equal(torchvision_weights.to_state_dict(variables)['fc.weight'],
                                   state_dict['fc.weight'])
+    loaded = pretrained.load_dir(str(tmp_path / 'out'))
+    assert loaded.class_names() is None  # 7 classes: not ImageNet's
+    assert eval_preprocessing.from_config(loaded.config).resize == 256
     source = json.loads((tmp_path / 'out' / 'converted_from.json').read_text())
     assert source['num_classes'] == 7 and len(source['sha256']) == 64
     # A second conversion into the same directory would mix checkpoints: refused.
