@@ -68,6 +68,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
     config.sync_batch_norm = False
 
+    # Fine-tuning (resnet_jax/init_from.py). init_from: a model directory (resnet_jax.convert)
+    # or another run's workdir whose newest checkpoint starts this run ('' : the
+    # initialisers); a head of another number of classes is initialised afresh.
+    # frozen_stages: parts left untrained: any of 'stem', 'stage1', 'stage2', ..., 'head'.
+    # frozen_batch_norm: BatchNorms normalise with their running statistics and keep them.
+    config.init_from = ''
+    config.frozen_stages = ()
+    config.frozen_batch_norm = False
+
     # Length of the run: total_steps, or num_epochs when total_steps is None.
     config.batch_size = 128  # global, over all devices and hosts.
     config.eval_batch_size = 500
@@ -188,6 +197,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f'model.shortcut={config.model.shortcut!r}: choose one of {models.SHORTCUTS} '
           '(or leave it unset for the family default)')
     check(config.dtype in DTYPES, f'dtype={config.dtype!r}: choose one of {DTYPES}')
+    parts = models.model_parts(config.model.name)
+    check(set(config.frozen_stages) <= set(parts),
+          f'frozen_stages={tuple(config.frozen_stages)}: choose among {parts}')
     check(config.cpu_kernels in kernel_layers.CHOICES,
           f'cpu_kernels={config.cpu_kernels!r}: choose one of {kernel_layers.CHOICES}')
     for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'keep_checkpoints',

@@ -24,6 +24,7 @@ from resnet_jax import (
     checkpoint,
     configs,
     distributed,
+    init_from,
     packages,
     preemption,
     train,
@@ -117,7 +118,7 @@ def main(argv):
         sys.exit(preemption.PREEMPTED_EXIT_CODE)  # the checkpoint is committed; rerun to go on
     except (configs.ConfigError, arrays.DatasetNotFoundError, arrays.DataError,
             packages.MissingPackageError, train.NonFiniteError, train.WorkdirError,
-            checkpoint.IncompatibleCheckpointError,
+            checkpoint.IncompatibleCheckpointError, init_from.InitFromError,
             checkpoint.UnreadableCheckpointsError) as error:
         # Errors of the user's making: the message says what to fix; no traceback.
         logging.error('%s: %s', type(error).__name__, error)

@@ -161,6 +161,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    # True: every BatchNorm normalises with its running statistics in training too and
+    # leaves them as they are (fine-tuning a pretrained net on small batches).
+    frozen_batch_norm: bool = False
     # The convolution, BatchNorm and pooling modules (resnet_jax.layers; the platform's
     # choice, from resnet_jax.backend).
     layers: Layers = XLA_LAYERS
@@ -182,7 +185,7 @@ class ResNet(nn.Module):
         self._check()
         norm = functools.partial(
             self.layers.norm,
-            use_running_average=not train,
+            use_running_average=not train or self.frozen_batch_norm,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             axis_name=self.bn_axis_name,
@@ -216,6 +219,9 @@ class ResNet(nn.Module):
 
         # Pool and classify in float32: the mean over H*W and the logits want the precision.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        # The pooled features, for use as a backbone (resnet_jax.features): kept only when
+        # apply is called with mutable=['intermediates'].
+        self.sow('intermediates', 'pre_logits', x)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                           name='head')(x)
         return (logits, stages) if return_stages else logits
@@ -280,6 +286,7 @@ def create_model(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     bn_axis_name: str | None = None,
+    frozen_batch_norm: bool = False,
     layers: Layers = XLA_LAYERS,
 ) -> ResNet:
     """The ResNet called `name` (one of MODEL_NAMES).
@@ -311,7 +318,19 @@ def create_model(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         bn_axis_name=bn_axis_name,
+        frozen_batch_norm=frozen_batch_norm,
         layers=layers,
     )
     model._check()  # fail here, not at the first trace
     return model
+
+
+def model_parts(name: str) -> tuple[str, ...]:
+    """The parts of a model that can be frozen as a whole: 'stem', 'stage1'..., 'head'."""
+    spec = model_spec(name)
+    return ('stem', *(f'stage{i}' for i in range(1, len(spec.stage_sizes) + 1)), 'head')
+
+
+def part_of(module_name: str) -> str:
+    """The part ('stem', 'stage2', 'head') of a top-level module ('stem_bn', 'stage2_block3')."""
+    return module_name.split('_')[0]

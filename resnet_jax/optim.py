@@ -10,6 +10,8 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from resnet_jax import models
+
 SCHEDULES = ('step', 'cosine')  # `config.schedule.name`
 DURATION_UNITS = ('steps', 'epochs')  # `config.schedule.unit`
 WEIGHT_DECAY_PARAMS = ('all', 'kernels')  # `config.optim.weight_decay_params`
@@ -75,9 +77,26 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """SGD with momentum and L2 weight decay added to the gradient (as the paper and torch)."""
     optim = config.optim
-    return optax.chain(
+    tx = optax.chain(
         optax.add_decayed_weights(
             optim.weight_decay,
             mask=lambda params: weight_decay_mask(params, optim.weight_decay_params)),
         optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
     )
+    # Fine-tuning: parts named in config.frozen_stages get no updates at all.
+    return freeze(tx, config.frozen_stages)
+
+
+def freeze(tx: optax.GradientTransformation, frozen_parts) -> optax.GradientTransformation:
+    """`tx` for the parameters outside `frozen_parts` ('stem', 'stage1', ..., 'head');
+    zero updates (no decay, no momentum) for those inside. `tx` itself if none is frozen."""
+    frozen = set(frozen_parts)
+    if not frozen:
+        return tx
+
+    def labels(params):
+        return {module: jax.tree.map(
+            lambda _, m=module: 'frozen' if models.part_of(m) in frozen else 'trained', tree)
+            for module, tree in params.items()}
+
+    return optax.multi_transform({'trained': tx, 'frozen': optax.set_to_zero()}, labels)

@@ -22,6 +22,7 @@ from resnet_jax import (
     backend,
     checkpoint,
     configs,
+    init_from,
     inputs,
     metrics,
     models,
@@ -72,6 +73,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=bn_axis_name,
+        frozen_batch_norm=config.frozen_batch_norm,
         layers=backend.layers(config.cpu_kernels, jax.default_backend()),
     )
 
@@ -121,6 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = checkpoint.Checkpointer(
         workdir_path / 'checkpoints', config.keep_checkpoints, run_record(config, model))
     try:
+        if checkpointer.latest_step() is None:  # a fresh run: maybe from config.init_from
+            state = init_from.initialise(config, state, model)
         state = checkpointer.restore_latest(state)
     except Exception:
         checkpointer.close()
