@@ -92,6 +92,11 @@ def plot_workdirs(workdirs: Sequence[str | pathlib.Path], output: str | pathlib.
     axes[0].set_ylabel('error (%)')
     if title:
         figure.suptitle(title)
+    return save(figure, output)
+
+
+def save(figure, output: str | pathlib.Path) -> pathlib.Path:
+    """Writes a matplotlib Figure as a PNG (its folder created); returns the path."""
     output = pathlib.Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120)

@@ -234,12 +234,16 @@ def write_results(args: argparse.Namespace, runs: Sequence[Run], command: str) -
                            title=f'{study.name} study, {", ".join(labels)}')
 
 
-def draw_layer_responses(study: studies.Study, runs: Sequence[Run], env: dict) -> None:
-    """figure7.png and .json, once the study's layer-response models (seed 0) have finished."""
+def draw_layer_responses(study: studies.Study, runs: Sequence[Run], trained: set[str],
+                         env: dict) -> None:
+    """figure7.png and .json, once the study's layer-response models (seed 0) have finished;
+    again only when one of them was trained since."""
     figure7 = [r for r in runs if r.seed == 0 and r.model in study.layer_response_models]
     if not figure7 or not all(r.finished() for r in figure7):
         return
     directory = runs[0].workdir.parent
+    if (directory / 'figure7.json').is_file() and not trained & {r.name for r in figure7}:
+        return
     # A process of its own: it evaluates on the accelerator, which this one leaves alone.
     command = [sys.executable, '-m', 'resnet_jax.layer_responses',
                *[str(r.workdir) for r in figure7], '-o', str(directory / 'figure7.png'),
@@ -258,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, _ = parse_args(argv)
     runs: list[Run] = args.runs
     command = 'python -m resnet_jax.reproduce ' + shlex.join(argv)
-    failed, stopped = [], False
+    failed, stopped, trained = [], False, set()
     with Supervisor() as supervisor:
         for number, run in enumerate(runs, start=1):
             if supervisor.stop_signal is not None:
@@ -271,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'reproduce: [{number}/{len(runs)}] {run.name}: {shlex.join(run.command)}',
                   file=sys.stderr, flush=True)
             returncode = supervisor.run(run, env)
+            trained.add(run.name)
             if returncode == preemption.PREEMPTED_EXIT_CODE or supervisor.stop_signal:
                 stopped = True  # the run saved its step: re-running the command resumes it
                 break
@@ -286,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'reproduce: stopped; {results} shows where the study stands; run the same '
               'command to continue', file=sys.stderr)
         return preemption.PREEMPTED_EXIT_CODE
-    draw_layer_responses(studies.STUDIES[args.study], runs, env)
+    draw_layer_responses(studies.STUDIES[args.study], runs, trained, env)
     if failed:
         print(f'reproduce: {len(failed)} run(s) failed: {", ".join(failed)}; fix the cause and '
               f'run the same command again (finished runs are skipped); {results}',
