@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -258,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)  # the runs' environment: they pick the accelerator
     # This process only reads configs and shapes; it must not take the accelerator from
     # the runs (a GPU client would reserve most of its memory).
-    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+    jax.config.update('jax_platforms', 'cpu')
     args, _ = parse_args(argv)
     runs: list[Run] = args.runs
     command = 'python -m resnet_jax.reproduce ' + shlex.join(argv)
