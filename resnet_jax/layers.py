@@ -82,6 +82,9 @@ class BatchNormAddRelu(nn.BatchNorm):
                  relu: bool = False) -> jax.Array:
         if not self._is_fused(x, residual):
             y = nn.BatchNorm.__call__(self, x)
+            # The layer's response: after BN, before the addition and the ReLU (the paper's
+            # Figure 7, resnet_jax.layer_responses). A no-op unless 'intermediates' is mutable.
+            self.sow('intermediates', 'response', y)
             if residual is not None:
                 y = y + residual
             return nn.relu(y) if relu else y
@@ -101,7 +104,10 @@ class BatchNormAddRelu(nn.BatchNorm):
         return y
 
     def _is_fused(self, x: jax.Array, residual: jax.Array | None) -> bool:
+        # Asked for its response (sown above), the layer runs unfused: the fused op never
+        # forms BN(x) apart from the addition.
         return (self.fused is not None and self.fused.covers(x)
+                and not self.is_mutable_collection('intermediates')
                 and (residual is None or residual.dtype == jnp.float32)
                 and self.use_running_average is not None
                 and self.axis in (-1, x.ndim - 1) and self.axis_name is None

@@ -172,7 +172,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if jax.process_index() == 0:
         (workdir_path / 'final_eval.json').write_text(json.dumps(
             {'step': total_steps, 'split': run_input.eval_split, 'mode': first_mode,
-             **first, 'modes': final}, indent=2) + '\n')
+             **first, 'modes': final,
+             # What ran it, for the tables of resnet_jax.reproduce.
+             'data': run_input.description, 'num_devices': mesh.devices.size,
+             'device_kind': jax.devices()[0].device_kind}, indent=2) + '\n')
     return first
 
 

@@ -1,0 +1,306 @@
+"""Reproduces a CIFAR-10 study of the paper with one command: its runs, results.md, figures.
+
+    python -m resnet_jax.reproduce STUDY --workdir DIR [--models resnet20,plain56,...]
+        [--schedule paper|short] [--seeds N] [--config.FIELD=VALUE ...]
+
+STUDY is `cifar10` (Table 6: ResNet-20 ... 110; add resnet1202 with --models) or
+`degradation` (Figure 6: plain-20 ... 56 and ResNet-20 ... 110; Figure 7). Each run is
+`python -m resnet_jax.main --config experiments/cifar10.py:MODEL[,short]` in a process of
+its own, in DIR/MODEL_SCHEDULE_seedS, one after another; `--config.` overrides apply to
+every run (`--config.total_steps=20` shrinks a study to seconds). Everything is checked
+before the first run starts.
+
+Running the same command again continues the study: finished runs (final_eval.json
+written, with the same config) are skipped, an interrupted one resumes from its last
+checkpoint. SIGTERM or Ctrl-C stops the current run at its next step, after it has
+saved a checkpoint (exit 143). After each run, DIR/results.md is written anew and the
+figures drawn: DIR/figure6.png (training curves, resnet_jax.plot) and, for the
+degradation study, DIR/figure7.png and .json (layer responses, resnet_jax.layer_responses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax import checkpoint, configs, preemption, studies, study_results
+from resnet_jax.main import _last_line
+
+# Overrides that would change what a study is: it sets these itself.
+_STUDY_FIELDS = {'seed': 'use --seeds', 'model.name': 'use --models'}
+
+
+class StudyError(ValueError):
+    """A study that cannot run as asked; the message says what to change."""
+
+
+class Run:
+    """One run of a study: a model, a schedule and a seed, in a workdir of its own."""
+
+    def __init__(self, directory: pathlib.Path, model: str, schedule: str, seed: int,
+                 overrides: Sequence[str]):
+        self.model, self.schedule, self.seed = model, schedule, seed
+        self.name = studies.run_name(model, schedule, seed)
+        self.workdir = directory / self.name
+        self.spec = studies.experiment_spec(model, schedule)
+        self.args = ['--config', self.spec, '--workdir', str(self.workdir),
+                     f'--config.seed={seed}', *overrides]
+        self.config = build_config(self.spec, self.args[4:])
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, '-m', 'resnet_jax.main', *self.args]
+
+    def finished(self) -> bool:
+        return (self.workdir / 'final_eval.json').is_file()
+
+    def check_existing(self) -> None:
+        """A workdir that holds a run of another config is an error (nothing is touched)."""
+        saved = study_results.read_json(self.workdir / 'config.json')
+        if saved is None:
+            return
+        wanted = json.loads(self.config.to_json_best_effort())
+        differences = checkpoint.describe_differences(saved, wanted)
+        if differences:
+            shown = '; '.join(d.replace('checkpoint', 'there').replace('this run', 'now')
+                              for d in differences[:3])
+            more = f' and {len(differences) - 3} more' if len(differences) > 3 else ''
+            raise StudyError(
+                f'{self.workdir} holds a run of another config ({shown}{more}); use another '
+                '--workdir, or remove that directory to run it again')
+
+
+def build_config(spec: str, overrides: Sequence[str]):
+    """The config `python -m resnet_jax.main --config SPEC OVERRIDES...` would run, parsed
+    the way it parses them; StudyError with one line if an override is wrong."""
+    argv = ['reproduce', f'--config={spec}', *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', None, 'experiment', flag_values=values,
+                                    lock_config=True, sys_argv=argv)
+    try:
+        values(argv)
+        config = values.config
+        config.keys()
+    except Exception as error:  # noqa: BLE001 - whatever flags or the config raise
+        raise StudyError(_last_line(error)) from None
+    try:
+        configs.validate_config(config)
+    except configs.ConfigError as error:
+        raise StudyError(f'{spec}: {error}') from None
+    if config.total_steps is not None and config.eval_every_steps > config.total_steps:
+        raise StudyError(
+            f'eval_every_steps={config.eval_every_steps} is longer than the run '
+            f'({config.total_steps} steps); add --config.eval_every_steps=N (0: only at the end)')
+    return config
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The study's arguments and its `--config.FIELD=VALUE` overrides."""
+    parser = argparse.ArgumentParser(
+        prog='python -m resnet_jax.reproduce',
+        description='Runs a CIFAR-10 study of the paper; writes results.md and figures.')
+    parser.add_argument('study', help=f'one of {", ".join(studies.STUDIES)}')
+    parser.add_argument('--workdir', required=True,
+                        help='the study directory: one workdir per run under it')
+    parser.add_argument('--models', help='comma-separated models instead of the study\'s, '
+                        'e.g. resnet20,plain56 (any of experiments/cifar10.py)')
+    parser.add_argument('--schedule', default='paper', choices=tuple(studies.SCHEDULES),
+                        help="'paper': 64k iterations; 'short': 2.5k (default: paper)")
+    parser.add_argument('--seeds', type=int, default=1, help='runs per model, seeds 0..N-1')
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for arg in rest:
+        if not arg.startswith('--config.') or '=' not in arg:
+            parser.error(f'unrecognized argument {arg!r} (overrides are --config.FIELD=VALUE)')
+        field = arg[len('--config.'):].partition('=')[0]
+        if field in _STUDY_FIELDS:
+            parser.error(f'{arg}: the study sets {field} itself; {_STUDY_FIELDS[field]}')
+        overrides.append(arg)
+    try:
+        args.runs = plan(args, overrides)
+    except StudyError as error:
+        parser.error(str(error))
+    return args, overrides
+
+
+def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
+    """Every run of the study, each config built and checked; StudyError if any is wrong."""
+    if args.study not in studies.STUDIES:
+        raise StudyError(f'unknown study {args.study!r}; choose one of '
+                         f'{", ".join(studies.STUDIES)}')
+    study = studies.STUDIES[args.study]
+    models = study.models if args.models is None else tuple(
+        m.strip() for m in args.models.split(',') if m.strip())
+    valid = studies.model_names()
+    unknown = [m for m in models if m not in valid]
+    if unknown or not models:
+        raise StudyError(f'unknown model {(unknown or [args.models])[0]!r} in --models; '
+                         f'choose from {", ".join(valid)}')
+    if args.seeds < 1:
+        raise StudyError(f'--seeds={args.seeds}: give 1 or more')
+    directory = pathlib.Path(args.workdir).expanduser().resolve()
+    runs = [Run(directory, model, args.schedule, seed, overrides)
+            for model in dict.fromkeys(models) for seed in range(args.seeds)]
+    for run in runs:
+        run.check_existing()
+    return runs
+
+
+class Supervisor:
+    """Runs one child at a time; SIGTERM, SIGINT or SIGHUP stops the child gracefully.
+
+    The child runs in a process group of its own, so that Ctrl-C at a terminal reaches
+    only this process, which passes it on as SIGTERM: the child then saves a checkpoint
+    of its current step and exits, instead of dying with a KeyboardInterrupt.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.stop_signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> Supervisor:
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            print(f'reproduce: received {signal.Signals(signum).name}: stopping the current '
+                  'run at its next step (it saves a checkpoint first)', file=sys.stderr,
+                  flush=True)
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def run(self, run: Run, env: dict) -> int:
+        """Runs `run` to its end (or its stop); its output goes to stderr and train.log."""
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        record_path = run.workdir / study_results.RECORD_FILE
+        record = study_results.read_json(record_path) or {'attempts': []}
+        record['command'] = shlex.join(run.command)
+        started = time.time()
+        with open(run.workdir / 'train.log', 'a', encoding='utf-8') as log:
+            log.write(f'--- {datetime.datetime.now().astimezone().isoformat()} '
+                      f'{record["command"]}\n')
+            self.child = subprocess.Popen(
+                run.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, bufsize=1, process_group=0)
+            if self.stop_signal is not None:  # a signal came while it started
+                self.child.send_signal(signal.SIGTERM)
+            for line in self.child.stdout:
+                sys.stderr.write(line)
+                log.write(line)
+            returncode = self.child.wait()
+        self.child = None
+        record['attempts'].append({
+            'started': datetime.datetime.fromtimestamp(started).astimezone().isoformat(),
+            'wall_seconds': round(time.time() - started, 1), 'returncode': returncode,
+            'cpu': study_results.cpu_model_name()})
+        record_path.write_text(json.dumps(record, indent=2) + '\n')
+        return returncode
+
+
+def write_results(args: argparse.Namespace, runs: Sequence[Run], command: str) -> None:
+    """results.md from every run's workdir, then the figures of what has metrics."""
+    study = studies.STUDIES[args.study]
+    directory = runs[0].workdir.parent
+    results = [study_results.read_run(r.workdir, r.model, r.seed) for r in runs]
+    (directory / 'results.md').write_text(
+        study_results.results_markdown(study, results, command))
+    drawn = [r for r in results if r.last_step]
+    if drawn:
+        from resnet_jax import plot  # matplotlib: only once there is something to draw
+        labels = dict.fromkeys(study_results.schedule_label(r.config, r.model) for r in drawn)
+        plot.plot_workdirs([r.workdir for r in drawn], directory / 'figure6.png',
+                           title=f'{study.name} study, {", ".join(labels)}')
+
+
+def draw_layer_responses(study: studies.Study, runs: Sequence[Run], trained: set[str],
+                         env: dict) -> None:
+    """figure7.png and .json, once the study's layer-response models (seed 0) have finished;
+    again only when one of them was trained since."""
+    figure7 = [r for r in runs if r.seed == 0 and r.model in study.layer_response_models]
+    if not figure7 or not all(r.finished() for r in figure7):
+        return
+    directory = runs[0].workdir.parent
+    if (directory / 'figure7.json').is_file() and not trained & {r.name for r in figure7}:
+        return
+    # A process of its own: it evaluates on the accelerator, which this one leaves alone.
+    command = [sys.executable, '-m', 'resnet_jax.layer_responses',
+               *[str(r.workdir) for r in figure7], '-o', str(directory / 'figure7.png'),
+               '--json', str(directory / 'figure7.json')]
+    if subprocess.run(command, env=env, check=False).returncode != 0:
+        print(f'reproduce: the layer responses failed: {shlex.join(command)}', file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the study; 0 when every run has finished, 1 if any failed, 143 when stopped."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    env = dict(os.environ)  # the runs' environment: they pick the accelerator
+    # This process only reads configs and shapes; it must not take the accelerator from
+    # the runs (a GPU client would reserve most of its memory).
+    jax.config.update('jax_platforms', 'cpu')
+    args, _ = parse_args(argv)
+    runs: list[Run] = args.runs
+    command = 'python -m resnet_jax.reproduce ' + shlex.join(argv)
+    failed, stopped, trained = [], False, set()
+    with Supervisor() as supervisor:
+        for number, run in enumerate(runs, start=1):
+            if supervisor.stop_signal is not None:
+                stopped = True
+                break
+            if run.finished():
+                print(f'reproduce: [{number}/{len(runs)}] {run.name}: finished before; skipped',
+                      file=sys.stderr, flush=True)
+                continue
+            print(f'reproduce: [{number}/{len(runs)}] {run.name}: {shlex.join(run.command)}',
+                  file=sys.stderr, flush=True)
+            returncode = supervisor.run(run, env)
+            trained.add(run.name)
+            if returncode == preemption.PREEMPTED_EXIT_CODE or supervisor.stop_signal:
+                stopped = True  # the run saved its step: re-running the command resumes it
+                break
+            if returncode != 0:
+                failed.append(run.name)
+                print(f'reproduce: {run.name} failed (exit {returncode}); its log: '
+                      f'{run.workdir / "train.log"}; going on with the others',
+                      file=sys.stderr, flush=True)
+            write_results(args, runs, command)
+    write_results(args, runs, command)
+    results = runs[0].workdir.parent / 'results.md'
+    if stopped:
+        print(f'reproduce: stopped; {results} shows where the study stands; run the same '
+              'command to continue', file=sys.stderr)
+        return preemption.PREEMPTED_EXIT_CODE
+    draw_layer_responses(studies.STUDIES[args.study], runs, trained, env)
+    if failed:
+        print(f'reproduce: {len(failed)} run(s) failed: {", ".join(failed)}; fix the cause and '
+              f'run the same command again (finished runs are skipped); {results}',
+              file=sys.stderr)
+        return 1
+    print(f'reproduce: all {len(runs)} runs finished; {results}', file=sys.stderr)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

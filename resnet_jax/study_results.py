@@ -1,0 +1,211 @@
+"""What a study's runs achieved, read back from their workdirs: the table of results.md.
+
+Each run's workdir holds what `resnet_jax.main` wrote (config.json, metrics.jsonl,
+final_eval.json once finished) and what `resnet_jax.reproduce` adds (reproduce.json: the
+command, and the wall time and CPU of each attempt). Nothing here trains or needs a device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import pathlib
+import statistics
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from resnet_jax import models, studies, summary
+
+RECORD_FILE = 'reproduce.json'
+# The fields that make a run's schedule: a run is labelled 'paper' only when all of them
+# are the paper recipe's.
+SCHEDULE_FIELDS = ('total_steps', 'num_epochs', 'batch_size', 'schedule')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """One run of a study as its workdir shows it (`final` is None until it has finished)."""
+
+    model: str
+    seed: int
+    workdir: pathlib.Path
+    config: dict | None  # config.json: None before the run has started
+    final: dict | None  # final_eval.json
+    last_step: int  # the last step in metrics.jsonl (0: none yet)
+    train_error: float | None  # %, the last training record's
+    wall_seconds: float | None  # summed over the attempts that reproduce made
+    cpus: tuple[str, ...]  # the CPU model name of each attempt
+
+    @property
+    def test_error(self) -> float | None:
+        return None if self.final is None else 100 * (1 - self.final['top1_accuracy'])
+
+
+def read_json(path: pathlib.Path) -> dict | None:
+    """The JSON object in `path`, or None when the file is absent."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_metrics(workdir: pathlib.Path) -> list[dict]:
+    """The records of `<workdir>/metrics.jsonl`, in order ([] when it is absent)."""
+    path = workdir / 'metrics.jsonl'
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_run(workdir: pathlib.Path, model: str, seed: int) -> RunResult:
+    """The state and results of the run in `workdir`."""
+    records = read_metrics(workdir)
+    train = [r for r in records if 'train/accuracy' in r]
+    attempts = (read_json(workdir / RECORD_FILE) or {}).get('attempts', [])
+    return RunResult(
+        model=model, seed=seed, workdir=workdir,
+        config=read_json(workdir / 'config.json'),
+        final=read_json(workdir / 'final_eval.json'),
+        last_step=max((r['step'] for r in records), default=0),
+        train_error=100 * (1 - train[-1]['train/accuracy']) if train else None,
+        wall_seconds=sum(a['wall_seconds'] for a in attempts) if attempts else None,
+        cpus=tuple(a['cpu'] for a in attempts))
+
+
+def cpu_model_name() -> str:
+    """This machine's CPU, as /proc/cpuinfo names it (else the platform's word for it)."""
+    try:
+        for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.partition(':')[2].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or 'unknown CPU'
+
+
+def _schedule_of(config: dict) -> dict:
+    return {field: config.get(field) for field in SCHEDULE_FIELDS}
+
+
+def schedule_label(config: dict, model: str) -> str:
+    """'paper' only for the paper's schedule (64k iterations, lr /10 at 32k and 48k), else
+    the run's length: 'short (2,500 steps)' for the recipe's short variant, otherwise
+    'shortened (N steps)' (or 'changed' when it is as long as the paper's but differs)."""
+    experiment = studies.load_experiment()
+    recipe = json.loads(experiment.get_config(model).to_json_best_effort())
+    short = json.loads(experiment.get_config(f'{model},short').to_json_best_effort())
+    if _schedule_of(config) == _schedule_of(recipe):
+        return 'paper'
+    steps = config.get('total_steps')
+    if _schedule_of(config) == _schedule_of(short):
+        return f'short ({steps:,} steps)'
+    if steps is not None and steps < recipe['total_steps']:
+        return f'shortened ({steps:,} steps)'
+    return f'changed ({steps:,} steps)' if steps is not None else 'changed (epochs)'
+
+
+_PARAMS: dict[tuple[str, int], int] = {}
+
+
+def count_params(model: str, num_classes: int) -> int:
+    """Parameters of a CIFAR model of the recipe, from shapes alone (no device work)."""
+    if (model, num_classes) not in _PARAMS:
+        net = models.create_model(f'cifar_{model}', num_classes=num_classes)
+        shapes = jax.eval_shape(
+            lambda x: net.init(jax.random.key(0), x, train=False),
+            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+        _PARAMS[model, num_classes] = summary.count_params(shapes['params'])
+    return _PARAMS[model, num_classes]
+
+
+def _mean_spread(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f'{values[0]:.2f}'
+    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})'
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+def _unique(values) -> str:
+    return '; '.join(dict.fromkeys(v for v in values if v)) or 'not recorded'
+
+
+def model_row(model: str, runs: Sequence[RunResult]) -> list[str]:
+    """The cells of one model's row over its runs (one per seed)."""
+    done = [r for r in runs if r.final is not None]
+    started = [r for r in runs if r.config is not None]
+    config = (done or started or [None])[0]
+    config = config.config if config else None
+    num_classes = (config or {}).get('num_classes') or 10
+    params = count_params(model, num_classes)
+    paper_params = studies.PAPER_PARAMS_M.get(model)
+    params_cell = f'{params / 1e6:.2f}M' + (f' (paper {paper_params}M)' if paper_params else '')
+    paper = studies.PAPER_TEST_ERROR.get(model)
+    paper_cell = f'{paper:.2f}' if paper is not None else '— (no table value)'
+    if config is None:
+        return [model, params_cell, 'not started', '', f'0/{len(runs)}', 'not started', '', '',
+                paper_cell, '', '', '']
+    labels = _unique(schedule_label(r.config, model) for r in done or started)
+    steps = _unique(f'{r.config.get("total_steps"):,}' if r.config.get('total_steps')
+                    else f'{r.config.get("num_epochs")} epochs' for r in done or started)
+    seeds = f'{len(done)}/{len(runs)}'
+    if done:
+        test = _mean_spread([r.test_error for r in done])
+        best = f'{min(r.test_error for r in done):.2f}'
+        trained = [r.train_error for r in done if r.train_error is not None]
+        train = _mean_spread(trained) if trained else 'not recorded'
+    else:
+        furthest = max(started, key=lambda r: r.last_step)
+        test = f'not finished (step {furthest.last_step:,})'
+        best = train = ''
+    hardware = _unique(
+        f'{r.final.get("num_devices", "?")} x {r.final["device_kind"]}'
+        + (f', CPU {_unique(r.cpus)}' if r.cpus else '')
+        for r in done if 'device_kind' in r.final) if done else ''
+    walls = [r.wall_seconds for r in done if r.wall_seconds is not None]
+    wall = (_duration(statistics.mean(walls)) + (' mean' if len(walls) > 1 else '')
+            if walls else ('not recorded' if done else ''))
+    data = _unique(f'{r.final.get("data") or r.config.get("data_dir") or r.config["dataset"]}'
+                   f'; eval split: {r.final["split"]}' for r in done)
+    return [model, params_cell, labels, steps, seeds, test, best, train, paper_cell, hardware,
+            wall, data]
+
+
+COLUMNS = ('model', 'params', 'schedule', 'steps', 'seeds done', 'test error (%)', 'best',
+           'train error (%)', 'paper test error (%)', 'hardware', 'wall time per run', 'data')
+
+
+def results_markdown(study: studies.Study, runs: Sequence[RunResult], command: str) -> str:
+    """results.md: a header, one row per model (in the study's order), and how to read it."""
+    by_model: dict[str, list[RunResult]] = {}
+    for run in runs:
+        by_model.setdefault(run.model, []).append(run)
+    lines = [f'# {study.name}: {study.reproduces}', '',
+             f'Written {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by',
+             f'`{command}`.', '',
+             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    for model, model_runs in by_model.items():
+        cells = [c.replace('|', '\\|') for c in model_row(model, model_runs)]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += [
+        '',
+        'Test error: 100 - top-1 accuracy (%) on the eval split at the end of training. '
+        'Train error: 100 - the training accuracy (augmented minibatches, BatchNorm in '
+        'training mode) averaged over the last log_every_steps steps. With several seeds: '
+        'mean ± sample standard deviation (n = finished runs), and the best run. Schedule '
+        "'paper' means the paper's 64k iterations (lr 0.1, /10 at 32k and 48k); any "
+        'other length says its steps. Paper: Table 6 of He et al. (2015), on the original '
+        'lossless CIFAR-10. Wall time: the training processes of the run, start-up and '
+        'compilation included, summed over its attempts.', '']
+    return '\n'.join(lines)
+
+
+def error_percent(accuracy: float) -> float:
+    """100 * (1 - accuracy), the paper's error in %."""
+    return 100 * (1 - accuracy) if math.isfinite(accuracy) else float('nan')

@@ -1,0 +1,218 @@
+"""The paper's studies by one command: resnet_jax.reproduce, plot and layer_responses.
+
+One tiny study (ResNet-20 and plain-20, 1 seed, 12 steps on 8x8 synthetic images) is run
+for real in subprocesses, stopped by SIGTERM in its first run, resumed, and run again;
+the other tests read its workdirs.
+"""
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_errors import assert_one_line_error
+
+from resnet_jax import layer_responses, models, plot, studies, study_results
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TOTAL = 12
+TINY = ['--config.dataset=synthetic', '--config.num_classes=10', '--config.image_size=8',
+        '--config.synthetic.num_train_examples=128', '--config.synthetic.num_eval_examples=40',
+        '--config.batch_size=16', '--config.eval_batch_size=16',
+        f'--config.total_steps={TOTAL}', '--config.eval_every_steps=4',
+        '--config.log_every_steps=1', '--config.checkpoint_every_steps=2']
+
+
+def reproduce(*args):
+    return [sys.executable, '-m', 'resnet_jax.reproduce', *args]
+
+
+def study_command(directory):
+    return reproduce('cifar10', '--workdir', str(directory), '--models',
+                     'resnet20,plain20', '--schedule', 'short', *TINY)
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory):
+    """The study's directory and the output of its three invocations."""
+    directory = tmp_path_factory.mktemp('study')
+    # 1: stopped by SIGTERM during the first run, once that run has logged step 3.
+    process = subprocess.Popen(study_command(directory), cwd=REPO, stderr=subprocess.PIPE,
+                               text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if f'step 3/{TOTAL}' in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    lines.append(process.stderr.read())
+    process.wait(timeout=120)
+    stopped = (process.returncode, ''.join(lines))
+    # 2: resumes the first run, runs the second; 3: finds both finished.
+    resumed = subprocess.run(study_command(directory), cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    mtimes = {p: p.stat().st_mtime_ns for p in directory.glob('*/final_eval.json')}
+    again = subprocess.run(study_command(directory), cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    return {'dir': directory, 'stopped': stopped, 'resumed': resumed, 'again': again,
+            'mtimes': mtimes}
+
+
+def table_rows(markdown: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in markdown.splitlines() if line.startswith('| ')]
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    rows = [dict(zip(header, [c.strip() for c in line.strip('|').split(' | ')], strict=True))
+            for line in lines[1:]]
+    return {row['model']: row for row in rows}
+
+
+def test_sigterm_stops_the_study_and_the_same_command_resumes_it(study):
+    returncode, stderr = study['stopped']
+    assert returncode == 143, stderr[-3000:]
+    assert 'run the same command to continue' in stderr
+    first = study['dir'] / 'resnet20_short_seed0'
+    attempts = json.loads((first / 'reproduce.json').read_text())['attempts']
+    assert [a['returncode'] for a in attempts] == [143, 0]
+    resumed = study['resumed']
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'Resumed from the checkpoint of step' in resumed.stderr
+    assert 'all 2 runs finished' in resumed.stderr
+    steps = [r['step'] for r in study_results.read_metrics(first) if 'train/loss' in r]
+    assert steps == list(range(1, TOTAL + 1))  # each step once, across the stop
+
+
+def test_a_finished_study_is_not_trained_again(study):
+    again = study['again']
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count('finished before; skipped') == 2
+    assert 'resnet_jax.main' not in again.stderr  # no run was started
+    assert {p: p.stat().st_mtime_ns for p in study['mtimes']} == study['mtimes']
+
+
+def test_results_md_has_a_row_per_model_and_never_calls_a_short_run_paper(study):
+    rows = table_rows((study['dir'] / 'results.md').read_text())
+    assert list(rows) == ['resnet20', 'plain20']
+    for model, row in rows.items():
+        assert row['schedule'] == f'shortened ({TOTAL} steps)'
+        assert row['steps'] == str(TOTAL) and row['seeds done'] == '1/1'
+        final = json.loads((study['dir'] / f'{model}_short_seed0' / 'final_eval.json')
+                           .read_text())
+        assert row['test error (%)'] == f'{100 * (1 - final["top1_accuracy"]):.2f}'
+        assert float(row['train error (%)']) >= 0
+        assert 'synthetic' in row['data'] and 'eval split: test' in row['data']
+        assert 'cpu' in row['hardware']
+    assert rows['resnet20']['params'] == '0.27M (paper 0.27M)'
+    assert rows['resnet20']['paper test error (%)'] == '8.75'
+    assert rows['plain20']['paper test error (%)'] == '— (no table value)'
+    assert (study['dir'] / 'figure6.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_schedule_labels():
+    experiment = studies.load_experiment()
+
+    def config(arg, **changes):
+        return json.loads(experiment.get_config(arg).to_json_best_effort()) | changes
+
+    assert study_results.schedule_label(config('resnet110'), 'resnet110') == 'paper'
+    assert study_results.schedule_label(config('resnet20,short'), 'resnet20') == \
+        'short (2,500 steps)'
+    assert study_results.schedule_label(config('resnet20', total_steps=20), 'resnet20') == \
+        'shortened (20 steps)'
+
+
+def test_several_seeds_give_mean_spread_and_best(tmp_path):
+    config = {'total_steps': 100, 'model': {'name': 'cifar_resnet32'}, 'num_classes': 10,
+              'dataset': 'cifar10'}
+    runs = [study_results.RunResult(
+        'resnet32', seed, tmp_path, config, {'top1_accuracy': accuracy, 'split': 'test'},
+        100, 1.0, 60.0, ()) for seed, accuracy in enumerate((0.92, 0.93, 0.94))]
+    row = dict(zip(study_results.COLUMNS, study_results.model_row('resnet32', runs),
+                   strict=True))
+    assert row['test error (%)'] == '7.00 ± 1.00 (n=3)'
+    assert row['best'] == '6.00' and row['seeds done'] == '3/3'
+    assert row['wall time per run'] == '1m00s mean'
+
+
+def test_plot_writes_a_png_from_two_workdirs(study, tmp_path):
+    workdirs = [str(study['dir'] / f'{m}_short_seed0') for m in ('resnet20', 'plain20')]
+    assert plot.main([*workdirs, '-o', str(tmp_path / 'curves.png')]) == 0
+    assert (tmp_path / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+    assert plot.curves(pathlib.Path(workdirs[1]))['family'] == 'plain'
+
+
+def test_layer_responses_one_std_per_3x3_layer_of_the_blocks(study, tmp_path):
+    workdirs = [str(study['dir'] / f'{m}_short_seed0') for m in ('resnet20', 'plain20')]
+    out = tmp_path / 'figure7.json'
+    assert layer_responses.main([*workdirs, '-o', str(tmp_path / 'f7.png'),
+                                 '--json', str(out)]) == 0
+    runs = json.loads(out.read_text())['runs']
+    for run in runs:  # 20 = 6n + 2, n = 3: 6n = 18 3x3 layers in the blocks, the stem apart
+        assert len(run['layers']) == 18 and run['step'] == TOTAL
+        assert all(layer['std'] > 0 for layer in run['layers'])
+        assert run['layers'][0]['name'] == 'stage1_block1/bn1'
+    assert (tmp_path / 'f7.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_the_sown_response_is_bn_of_the_conv_output_before_add_and_relu():
+    model = models.create_model('cifar_resnet8', num_classes=10)
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), np.uint8)
+    batch = jnp.asarray(images, jnp.float32) / 255 - 0.5
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(batch)
+    # Running statistics away from (0, 1), so that inference-mode BN does something.
+    variables = jax.tree.map(lambda v: v * 1.7 + 0.3, variables)
+    sown = jax.jit(lambda v, x: layer_responses.responses(model, v, x))(variables, batch)
+    _, captured = jax.jit(lambda v, x: model.apply(
+        v, x, train=False, capture_intermediates=True, mutable=['intermediates']))(
+        variables, batch)
+    conv = captured['intermediates']['stage2_block1']['conv2']['__call__'][0]
+    bn = {k: variables[k]['stage2_block1']['bn2'] for k in ('params', 'batch_stats')}
+    manual = ((conv - bn['batch_stats']['mean']) / jnp.sqrt(bn['batch_stats']['var'] + 1e-5)
+              * bn['params']['scale'] + bn['params']['bias'])
+    np.testing.assert_allclose(sown['stage2_block1/bn2'], manual, rtol=1e-5, atol=1e-5)
+    # ... and its statistics over batches (the last one padded) are numpy's over all values.
+    stats = layer_responses.response_statistics(
+        model, variables, images, lambda x: x.astype(jnp.float32) / 255 - 0.5, batch_size=4)
+    assert len(stats) == 1 + 6  # the stem, and 2 per block of n=1 blocks in 3 stages
+    np.testing.assert_allclose(stats['stage2_block1/bn2']['std'], np.std(manual), rtol=1e-4)
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['table7', '--workdir', 'W'], "error: unknown study 'table7'; choose one of cifar10, "
+                                   'degradation'),
+    (['cifar10', '--workdir', 'W', '--models', 'resnet20,resnet57'],
+     "error: unknown model 'resnet57' in --models; choose from resnet20"),
+    (['cifar10', '--workdir', 'W', '--config.totl_steps=3'],
+     'Did you mean "total_steps" instead of "totl_steps"?'),
+    (['cifar10', '--workdir', 'W', '--config.seed=3'],
+     'error: --config.seed=3: the study sets seed itself; use --seeds'),
+    (['cifar10', '--workdir', 'W', '--config.total_steps=20'],
+     'error: eval_every_steps=4000 is longer than the run (20 steps); add '
+     '--config.eval_every_steps=N'),
+], ids=['study', 'model', 'override', 'seed', 'intervals'])
+def test_a_bad_study_is_one_line_before_any_run(args, expected, tmp_path):
+    args = [str(tmp_path / 'study') if a == 'W' else a for a in args]
+    result = subprocess.run(reproduce(*args), cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert_one_line_error(result, expected, returncode=2)
+    assert not (tmp_path / 'study').exists()
+
+
+def test_a_workdir_of_another_config_is_one_line(study):
+    result = subprocess.run([*study_command(study['dir']), '--config.pad_pixels=2'], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, 'resnet20_short_seed0 holds a run of another config '
+                                  '(pad_pixels: there 4, now 2); use another --workdir',
+                          returncode=2)
+
+
+def test_plot_and_layer_responses_name_a_workdir_without_a_run(tmp_path):
+    for module in ('resnet_jax.plot', 'resnet_jax.layer_responses'):
+        result = subprocess.run([sys.executable, '-m', module, str(tmp_path), '-o',
+                                 str(tmp_path / 'x.png')], cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert_one_line_error(result, f'error: {tmp_path} has no ', returncode=2)
