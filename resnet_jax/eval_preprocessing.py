@@ -88,6 +88,6 @@ def from_config(config: ml_collections.ConfigDict) -> Preprocessing:
         return Preprocessing(int(config.image_size), int(stream.eval_resize),
                              np.asarray(stream.mean_rgb, np.float32),
                              np.asarray(stream.std_rgb, np.float32))
-    data = in_memory.open_dataset(config)
+    data = in_memory.load_dataset(config)
     mean = data.train_images.mean(axis=0, dtype=np.float64).astype(np.float32)
     return Preprocessing(data.image_size, None, mean, float(config.pixel_scale))

@@ -49,10 +49,10 @@ class BatchOrder:
         return self._permutation[start:start + self.batch_size]
 
 
-def open_dataset(config: ml_collections.ConfigDict) -> arrays.ArrayDataset:
-    """Loads the data set that the config names into host memory, and checks it fits."""
+def load_dataset(config: ml_collections.ConfigDict) -> arrays.ArrayDataset:
+    """Loads the data set that the config names into host memory."""
     synthetic = config.synthetic
-    data = arrays.load_dataset(
+    return arrays.load_dataset(
         config.dataset,
         config.data_dir,
         validation_examples=config.validation_examples,
@@ -62,6 +62,11 @@ def open_dataset(config: ml_collections.ConfigDict) -> arrays.ArrayDataset:
         num_eval_examples=synthetic.num_eval_examples,
         seed=config.seed,
     )
+
+
+def open_dataset(config: ml_collections.ConfigDict) -> arrays.ArrayDataset:
+    """Loads the data set that the config names, and checks that the run fits it."""
+    data = load_dataset(config)
     base.check_data_fits(config, data, data.image_size)
     return data
 
