@@ -63,6 +63,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model.zero_init_residual = False
     config.model.bn_momentum = 0.9
     config.model.bn_epsilon = 1e-5
+    # >0: training BatchNorm statistics over groups of this many examples of each device's
+    # batch ("ghost" BatchNorm: 64 gives the paper's statistics, 128 images over two GPUs,
+    # on one device). 0: over each device's whole batch.
+    config.model.bn_group_size = 0
     config.dtype = 'float32'  # compute dtype; parameters and BN statistics stay float32.
     config.cpu_kernels = 'auto'  # see resnet_jax.cpu.kernel_layers.CHOICES.
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
@@ -211,6 +215,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.steps_in_flight >= 1, 'steps_in_flight must be >= 1')
     check(config.pad_pixels >= 0, 'pad_pixels must be >= 0')
     check(config.pixel_scale > 0, 'pixel_scale must be positive')
+    check(config.model.bn_group_size >= 0, 'model.bn_group_size must be >= 0 (0: no groups)')
+    check(not (config.model.bn_group_size and config.sync_batch_norm),
+          'model.bn_group_size and sync_batch_norm exclude each other: groups are per device')
     check(config.total_steps is not None or config.num_epochs is not None,
           'set total_steps or num_epochs (total_steps wins when both are set)')
     check(config.total_steps is None or config.total_steps > 0, 'total_steps must be positive')

@@ -73,35 +73,79 @@ class BatchNormAddRelu(nn.BatchNorm):
     op; others as flax's BatchNorm followed by the addition and ReLU in XLA. The variables
     are flax's BatchNorm's either way, made the same way, and the results the same to
     float32 rounding.
+
+    With `group_size` ("ghost" BatchNorm), training normalises each group of `group_size`
+    consecutive examples of the batch by its own statistics, as if each group were on a
+    device of its own (the paper's 128 images over two GPUs: groups of 64); the running
+    averages take the mean of the groups' statistics. Inference is unchanged.
     """
 
     fused: FusedBatchNormAddRelu | None = None
+    group_size: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, residual: jax.Array | None = None, *,
                  relu: bool = False) -> jax.Array:
-        if not self._is_fused(x, residual):
+        if self._is_ghost(x):
+            y = self._ghost_batch_norm(x)
+        elif self._is_fused(x, residual):
+            return self._fused_batch_norm_add_relu(x, residual, relu)
+        else:
             y = nn.BatchNorm.__call__(self, x)
-            # The layer's response: after BN, before the addition and the ReLU (the paper's
-            # Figure 7, resnet_jax.layer_responses). A no-op unless 'intermediates' is mutable.
-            self.sow('intermediates', 'response', y)
-            if residual is not None:
-                y = y + residual
-            return nn.relu(y) if relu else y
-        features = (x.shape[-1],)
-        scale = self.param('scale', self.scale_init, features, self.param_dtype)
-        bias = self.param('bias', self.bias_init, features, self.param_dtype)
-        ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
-        ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
+        # The layer's response: after BN, before the addition and the ReLU (the paper's
+        # Figure 7, resnet_jax.layer_responses). A no-op unless 'intermediates' is mutable.
+        self.sow('intermediates', 'response', y)
+        if residual is not None:
+            y = y + residual
+        return nn.relu(y) if relu else y
+
+    def _fused_batch_norm_add_relu(self, x: jax.Array, residual: jax.Array | None,
+                                   relu: bool) -> jax.Array:
+        scale, bias, ra_mean, ra_var = self._variables(x)
         if self.use_running_average:
             return self.fused.infer(x, ra_mean.value, ra_var.value, scale, bias, residual,
                                     relu=relu, epsilon=self.epsilon)
         y, mean, var = self.fused.train(x, scale, bias, residual, relu=relu,
                                         epsilon=self.epsilon)
+        self._update_running_averages(ra_mean, ra_var, mean, var)
+        return y
+
+    def _variables(self, x: jax.Array):
+        """flax BatchNorm's parameters and statistics, made the same way."""
+        features = (x.shape[-1],)
+        scale = self.param('scale', self.scale_init, features, self.param_dtype)
+        bias = self.param('bias', self.bias_init, features, self.param_dtype)
+        ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
+        ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
+        return scale, bias, ra_mean, ra_var
+
+    def _update_running_averages(self, ra_mean, ra_var, mean, var) -> None:
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y
+
+    def _is_ghost(self, x: jax.Array) -> bool:
+        return (bool(self.group_size) and not self.use_running_average
+                and x.shape[0] > self.group_size)
+
+    def _ghost_batch_norm(self, x: jax.Array) -> jax.Array:
+        """BatchNorm of each group of `group_size` examples, with flax BatchNorm's variables."""
+        if self.axis_name is not None or self.axis not in (-1, x.ndim - 1):
+            raise ValueError('group_size is for per-device statistics over the last axis')
+        if x.shape[0] % self.group_size:
+            raise ValueError(f'a batch of {x.shape[0]} does not split into groups of '
+                             f'{self.group_size}')
+        scale, bias, ra_mean, ra_var = self._variables(x)
+        features = (x.shape[-1],)
+        groups = x.reshape(-1, self.group_size, *x.shape[1:]).astype(jnp.float32)
+        axes = tuple(range(1, groups.ndim - 1))
+        mean = groups.mean(axes, keepdims=True)
+        # flax's variance: E[x^2] - E[x]^2, clipped at 0.
+        var = jnp.maximum((groups * groups).mean(axes, keepdims=True) - mean * mean, 0.0)
+        y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        self._update_running_averages(ra_mean, ra_var, mean.reshape(-1, *features).mean(0),
+                                      var.reshape(-1, *features).mean(0))
+        return y.reshape(x.shape).astype(self.dtype or x.dtype)
 
     def _is_fused(self, x: jax.Array, residual: jax.Array | None) -> bool:
         # Asked for its response (sown above), the layer runs unfused: the fused op never

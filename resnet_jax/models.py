@@ -161,6 +161,9 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
+    # Training BatchNorm statistics over groups of this many examples of each device's
+    # batch ("ghost" BatchNorm; layers.BatchNormAddRelu.group_size); None: the whole batch.
+    bn_group_size: int | None = None
     # True: every BatchNorm normalises with its running statistics in training too and
     # leaves them as they are (fine-tuning a pretrained net on small batches).
     frozen_batch_norm: bool = False
@@ -189,6 +192,7 @@ class ResNet(nn.Module):
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             axis_name=self.bn_axis_name,
+            group_size=self.bn_group_size,
             dtype=self.dtype,
             param_dtype=jnp.float32,
         )
@@ -286,6 +290,7 @@ def create_model(
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     bn_axis_name: str | None = None,
+    bn_group_size: int | None = None,
     frozen_batch_norm: bool = False,
     layers: Layers = XLA_LAYERS,
 ) -> ResNet:
@@ -318,6 +323,7 @@ def create_model(
         bn_momentum=bn_momentum,
         bn_epsilon=bn_epsilon,
         bn_axis_name=bn_axis_name,
+        bn_group_size=bn_group_size,
         frozen_batch_norm=frozen_batch_norm,
         layers=layers,
     )

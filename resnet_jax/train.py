@@ -73,6 +73,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         bn_momentum=config.model.bn_momentum,
         bn_epsilon=config.model.bn_epsilon,
         bn_axis_name=bn_axis_name,
+        bn_group_size=config.model.bn_group_size or None,
         frozen_batch_norm=config.frozen_batch_norm,
         layers=backend.layers(config.cpu_kernels, jax.default_backend()),
     )
@@ -87,6 +88,15 @@ def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: in
     bn_axis = parallel.DATA_AXIS if config.sync_batch_norm else None
     model = build_model(config, num_classes, bn_axis_name=bn_axis)
     return model, tx, schedule, total_steps
+
+
+def check_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Each device's share of the batch must split into whole BatchNorm groups."""
+    group, per_device = config.model.bn_group_size, config.batch_size // num_devices
+    if group and per_device % group:
+        raise configs.ConfigError(
+            f'model.bn_group_size={group} does not divide the {per_device} examples per '
+            f'device (batch_size={config.batch_size} on {num_devices} devices)')
 
 
 def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None:
@@ -106,6 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.batch_size, mesh, 'batch_size')
     parallel.check_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
+    check_bn_groups(config, mesh.devices.size)
     workdir_path = prepare_workdir(workdir)
 
     data = inputs.open_dataset(config)
