@@ -331,6 +331,27 @@ def create_model(
     return model
 
 
+
+def from_config(config: Any, num_classes: int, *, layers: Layers = XLA_LAYERS,
+                dtype: Any = None, bn_axis_name: str | None = None) -> ResNet:
+    """The model that an experiment config's `model` section, `dtype` (unless `dtype` is
+    given) and `frozen_batch_norm` describe, built from `layers`."""
+    model = config.model
+    return create_model(
+        model.name,
+        num_classes=num_classes,
+        shortcut=model.shortcut,
+        variant=model.variant,
+        zero_init_residual=model.zero_init_residual,
+        dtype=jnp.dtype(dtype or config.dtype),
+        bn_momentum=model.bn_momentum,
+        bn_epsilon=model.bn_epsilon,
+        bn_axis_name=bn_axis_name,
+        bn_group_size=model.bn_group_size or None,
+        frozen_batch_norm=config.frozen_batch_norm,
+        layers=layers,
+    )
+
 def model_parts(name: str) -> tuple[str, ...]:
     """The parts of a model that can be frozen as a whole: 'stem', 'stage1'..., 'head'."""
     spec = model_spec(name)

@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -73,7 +72,23 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
         raise ModelDirError(f'{directory} is not a model directory or workdir ({what}); '
                             'make one with python -m resnet_jax.convert or a training run')
     with open(path) as file:
-        return ml_collections.ConfigDict(json.load(file))
+        saved = json.load(file)
+    # Over the current defaults, so that a directory written before a field existed reads
+    # as that field's default.
+    config = configs.get_base_config()
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+    for key, value in saved.items():
+        if key not in config:
+            continue  # a field this version no longer has
+        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            _overlay(config[key], value)
+        else:
+            with config.ignore_type():
+                config[key] = tuple(value) if isinstance(value, list) else value
 
 
 def read_variables(directory: str, step: int | None = None) -> tuple[dict[str, Any], int,
@@ -111,12 +126,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *,
                 layers: Layers = XLA_LAYERS, dtype: Any = None) -> models.ResNet:
     """The model a config describes, for inference: XLA's layers (portable, exportable)
     unless others are given, the config's compute dtype unless `dtype` is given."""
-    model = config.model
-    return models.create_model(
-        model.name, num_classes=num_classes, shortcut=model.shortcut, variant=model.variant,
-        zero_init_residual=model.zero_init_residual,
-        dtype=jnp.dtype(dtype or config.dtype), bn_momentum=model.bn_momentum,
-        bn_epsilon=model.bn_epsilon, layers=layers)
+    return models.from_config(config, num_classes, layers=layers, dtype=dtype)
 
 
 def load_dir(directory: str, step: int | None = None, *, layers: Layers = XLA_LAYERS,

@@ -63,20 +63,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 bn_axis_name: str | None = None) -> models.ResNet:
     """The model that `config.model`, `config.dtype` and `config.cpu_kernels` describe, with
     the building blocks of JAX's default platform."""
-    return models.create_model(
-        config.model.name,
-        num_classes=num_classes,
-        shortcut=config.model.shortcut,
-        variant=config.model.variant,
-        zero_init_residual=config.model.zero_init_residual,
-        dtype=jnp.dtype(config.dtype),
-        bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon,
-        bn_axis_name=bn_axis_name,
-        bn_group_size=config.model.bn_group_size or None,
-        frozen_batch_norm=config.frozen_batch_norm,
-        layers=backend.layers(config.cpu_kernels, jax.default_backend()),
-    )
+    return models.from_config(config, num_classes, bn_axis_name=bn_axis_name,
+                              layers=backend.layers(config.cpu_kernels, jax.default_backend()))
 
 
 def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: int,
