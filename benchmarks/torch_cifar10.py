@@ -231,11 +231,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return final
 
 
-def _last_line(error: BaseException) -> str:
+def _one_line(error: BaseException, last_only: bool = False) -> str:
+    """An error's message on one line; `last_only`: just its last line (a traceback's)."""
     while error.args and isinstance(error.args[0], Exception):  # ml_collections wraps
         error = error.args[0]
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if last_only and not isinstance(error, KeyError) else ' '.join(lines)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -244,7 +248,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         argv = FLAGS(argv)
         FLAGS.config.keys()  # config_flags defers loading the file to the first read
     except Exception as error:  # noqa: BLE001 - whatever the config file raises
-        sys.stderr.write(f'FATAL Flags parsing error: {_last_line(error)}\n')
+        sys.stderr.write(f'FATAL Flags parsing error: {_one_line(error, last_only=True)}\n')
         sys.exit(1)
     return argv
 
@@ -255,11 +259,12 @@ def main(argv: list[str]) -> None:
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except preemption.Preempted as error:
-        sys.stderr.write(f'{error}; no final_eval.json (this reference does not resume)\n')
+        sys.stderr.write(f'stopped by SIGTERM after step {error.step}: no checkpoint and no '
+                         'final_eval.json (this reference does not resume)\n')
         sys.exit(preemption.PREEMPTED_EXIT_CODE)
     except (configs.ConfigError, arrays.DatasetNotFoundError, arrays.DataError, WorkdirError,
             NonFiniteError) as error:
-        sys.stderr.write(f'{type(error).__name__}: {_last_line(error)}\n')
+        sys.stderr.write(f'{type(error).__name__}: {_one_line(error)}\n')
         sys.exit(1)
 
 
