@@ -5,12 +5,15 @@
 
 The architectures come from the same depth table as the JAX models
 (`resnet_jax.models.model_spec`): ImageNet ResNets with shortcut B (the v1.5 ResNet-50 is
-torchvision's `resnet50`, 25,557,032 parameters) and the CIFAR nets with option A. Same
-init is not attempted. The step does what the JAX step does: gather the batch from uint8
-images in memory, the paper's CIFAR augmentation where the config asks for it, per-pixel
-mean subtraction, forward in channels-last (NHWC memory), softmax cross-entropy,
-backward, SGD with momentum 0.9 and weight decay 1e-4 on every parameter. bfloat16 runs
-under `torch.autocast` (parameters float32, as in JAX).
+torchvision's `resnet50`, 25,557,032 parameters), the CIFAR nets with option A and their
+plain twins. The initialisation follows the same distributions as the JAX models: He
+(fan-out, normal) convolutions, BatchNorm weight 1 and bias 0, and the head as Flax's
+`nn.Dense` (LeCun truncated normal kernel, zero bias). The step does what the JAX step
+does: gather the batch from uint8 images in memory, the paper's CIFAR augmentation where
+the config asks for it, (x - per-pixel mean) / pixel_scale, forward in channels-last
+(NHWC memory), softmax cross-entropy, backward, SGD with momentum 0.9 and weight decay
+1e-4 on every parameter (or the optimiser given). bfloat16 runs under `torch.autocast`
+(parameters float32, as in JAX). benchmarks/torch_cifar10.py trains with it.
 
 Torch is an optional dependency (`pip install 'resnet_jax[bench]'`): nothing in the package
 or its tests imports this file.
@@ -36,23 +39,31 @@ def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Conv2d:
 
 
 class Shortcut(nn.Module):
-    """Identity, option A (subsample and zero-pad channels) or a 1x1 projection + BN."""
+    """Identity, option A (subsample and zero-pad channels), a 1x1 projection + BN (B, C),
+    or nothing (kind 'none', a plain net: forward returns None)."""
 
     def __init__(self, cin: int, cout: int, stride: int, kind: str):
         super().__init__()
         self.cout, self.stride = cout, stride
         changes = stride != 1 or cin != cout
-        self.kind = 'identity' if not changes and kind != 'C' else kind
+        self.kind = 'identity' if not changes and kind not in ('C', 'none') else kind
         if self.kind in ('B', 'C'):
             self.proj = nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.kind == 'none':
+            return None
         if self.kind == 'identity':
             return x
         if self.kind == 'A':
             x = x[:, :, ::self.stride, ::self.stride]
             return F.pad(x, (0, 0, 0, 0, 0, self.cout - x.shape[1]))
         return self.proj(x)
+
+
+def _merge(branch: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """relu(branch + skip), or relu(branch) in a plain net."""
+    return F.relu(branch if skip is None else branch + skip)
 
 
 class BasicBlock(nn.Module):
@@ -62,12 +73,12 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1, self.bn1 = _conv(cin, width, 3, stride), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = _conv(width, width, 3, 1), nn.BatchNorm2d(width)
+        self.last_bn = self.bn2
         self.shortcut = Shortcut(cin, width, stride, shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu(y + self.shortcut(x))
+        return _merge(self.bn2(self.conv2(y)), self.shortcut(x))
 
 
 class Bottleneck(nn.Module):
@@ -79,24 +90,29 @@ class Bottleneck(nn.Module):
         self.conv1, self.bn1 = _conv(cin, width, 1, s1), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = _conv(width, width, 3, s2), nn.BatchNorm2d(width)
         self.conv3, self.bn3 = _conv(width, 4 * width, 1, 1), nn.BatchNorm2d(4 * width)
+        self.last_bn = self.bn3
         self.shortcut = Shortcut(cin, 4 * width, stride, shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)))
         y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu(y + self.shortcut(x))
+        return _merge(self.bn3(self.conv3(y)), self.shortcut(x))
 
 
 class ResNet(nn.Module):
-    """Stem, stages, global average pool, linear head: the JAX `ResNet` in torch."""
+    """Stem, stages, global average pool, linear head: the JAX `ResNet` in torch.
+
+    `bn_momentum` is Flax's (the weight of the old running average: 0.9 is torch's
+    momentum 0.1); `zero_init_residual` zeroes the last BN weight of each block.
+    """
 
     def __init__(self, name: str, num_classes: int, variant: str = 'v1',
-                 shortcut: str | None = None):
+                 shortcut: str | None = None, *, bn_momentum: float = 0.9,
+                 bn_epsilon: float = 1e-5, zero_init_residual: bool = False):
         super().__init__()
         spec = models.model_spec(name)
         if spec.plain:
-            raise ValueError('the reference covers the residual nets only')
+            shortcut = 'none'
         shortcut = shortcut or ('A' if spec.stem == 'cifar' else 'B')
         block = {'basic': BasicBlock, 'bottleneck': Bottleneck}[spec.block]
         width = spec.stage_widths[0]
@@ -116,60 +132,96 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.head = nn.Linear(cin, num_classes)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d):  # models.he_normal: N(0, 2 / fan_out), untruncated
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            elif isinstance(m, nn.BatchNorm2d):  # weight 1, bias 0 (torch's default too)
+                m.momentum, m.eps = 1.0 - bn_momentum, bn_epsilon
+            elif isinstance(m, (BasicBlock, Bottleneck)) and zero_init_residual:
+                nn.init.zeros_(m.last_bn.weight)
+        lecun_normal_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def augment(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """Random `pad`-pixel crop and horizontal flip of uint8 NHWC images (the paper's)."""
+def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """Flax's `lecun_normal` (nn.Dense's default kernel init) on a torch [out, in] weight:
+    a normal truncated at 2 standard deviations, rescaled to variance 1 / fan_in."""
+    # 0.8796... is the std of a standard normal truncated to [-2, 2] (jax.nn.initializers).
+    std = (1.0 / weight.shape[1]) ** 0.5 / 0.87962566103423978
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def augment(images: torch.Tensor, pad: int,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random `pad`-pixel crop and horizontal flip of uint8 NHWC images (the paper's);
+    pad 0 flips only."""
     b, h, w, _ = images.shape
     padded = F.pad(images, (0, 0, pad, pad, pad, pad))
     device = images.device
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), device=device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), device=device, generator=generator)
     rows = (offsets[0, :, None] + torch.arange(h, device=device))[:, :, None]
     cols = (offsets[1, :, None] + torch.arange(w, device=device))[:, None, :]
     cropped = padded[torch.arange(b, device=device)[:, None, None], rows, cols]
-    flip = (torch.rand(b, device=device) < 0.5)[:, None, None, None]
+    flip = (torch.rand(b, device=device, generator=generator) < 0.5)[:, None, None, None]
     return torch.where(flip, cropped.flip(2), cropped)
+
+
+def normalize(images: torch.Tensor, pixel_mean: torch.Tensor | None,
+              pixel_scale: float) -> torch.Tensor:
+    """uint8 NHWC images -> (x - mean) / pixel_scale as NCHW in channels-last memory."""
+    x = images.float()
+    if pixel_mean is not None:
+        x = x - pixel_mean
+    # NHWC memory seen as NCHW: exactly torch's channels-last layout.
+    return (x / pixel_scale).permute(0, 3, 1, 2)
 
 
 def make_train_step(
     model: nn.Module, *, dtype: str = 'float32', augment_pad: int | None = None,
-    pixel_mean: torch.Tensor | None = None, compile: bool = False,
+    pixel_mean: torch.Tensor | None = None, pixel_scale: float = 255.0, compile: bool = False,
+    optimizer: torch.optim.Optimizer | None = None, generator: torch.Generator | None = None,
+    with_accuracy: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`step(images_uint8_nhwc, labels, indices) -> loss`: one SGD step, as the JAX step."""
+    """`step(images_uint8_nhwc, labels, indices) -> loss`: one SGD step, as the JAX step.
+
+    `augment_pad` None: no augmentation; 0: flips only. `optimizer` defaults to SGD with lr
+    0.1, momentum 0.9 and weight decay 1e-4 on every parameter. With `with_accuracy` the
+    step returns (loss, training accuracy of the batch).
+    """
     model = model.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
+                                       weight_decay=1e-4)
     forward = torch.compile(model) if compile else model
     autocast_dtype = torch.bfloat16 if dtype == 'bfloat16' else None
 
-    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def step(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor):
         x = images[indices]
         if augment_pad is not None:
-            x = augment(x, augment_pad)
-        x = x.float()
-        if pixel_mean is not None:
-            x = x - pixel_mean
-        # NHWC memory seen as NCHW: exactly torch's channels-last layout.
-        x = (x / 255.0).permute(0, 3, 1, 2)
+            x = augment(x, augment_pad, generator)
+        x = normalize(x, pixel_mean, pixel_scale)
         with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
             logits = forward(x)
-        loss = F.cross_entropy(logits.float(), labels[indices])
+        batch_labels = labels[indices]
+        loss = F.cross_entropy(logits.float(), batch_labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if with_accuracy:
+            return loss.detach(), (logits.detach().argmax(-1) == batch_labels).float().mean()
         return loss.detach()
 
     return step
 
 
-def make_eval_step(model: nn.Module, *, dtype: str = 'float32', compile: bool = False):
-    """`evaluate(images_uint8_nhwc, indices) -> logits`, BN in inference mode."""
+def make_eval_step(model: nn.Module, *, dtype: str = 'float32', compile: bool = False,
+                   pixel_mean: torch.Tensor | None = None, pixel_scale: float = 255.0):
+    """`evaluate(images_uint8_nhwc, indices) -> logits`, BN in inference mode, the input
+    normalised as in training."""
     model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile else model
     autocast_dtype = torch.bfloat16 if dtype == 'bfloat16' else torch.float32
@@ -177,7 +229,7 @@ def make_eval_step(model: nn.Module, *, dtype: str = 'float32', compile: bool = 
     @torch.no_grad()
     def evaluate(images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         model.eval()
-        x = (images[indices].float() / 255.0).permute(0, 3, 1, 2)
+        x = normalize(images[indices], pixel_mean, pixel_scale)
         with torch.autocast(x.device.type, dtype=autocast_dtype,
                             enabled=dtype == 'bfloat16'):
             logits = forward(x)
