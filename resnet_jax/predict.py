@@ -115,9 +115,11 @@ def main(argv: list[str]) -> None:
         failures, timings = predict(directory, paths, FLAGS.batch_size, FLAGS.top)
     except (pretrained.ModelDirError, arrays.DatasetNotFoundError, arrays.DataError) as error:
         cli.fail(f'{type(error).__name__}: {error}')
-    logging.info('Predicted %d images in %.1f s (%.1f images/s after the first batch, '
-                 'batch %d, reading and preprocessing included).', timings['images'],
-                 timings['seconds'], timings['images_per_second'], FLAGS.batch_size)
+    rate = timings['images_per_second']
+    steady = (f'{rate:.1f} images/s after the first batch, ' if rate == rate  # not NaN
+              else 'one batch, ')
+    logging.info('Predicted %d images in %.1f s (%sbatch %d, reading and preprocessing '
+                 'included).', timings['images'], timings['seconds'], steady, FLAGS.batch_size)
     if failures:
         sys.stderr.write(''.join(f'ERROR {line}\n' for line in failures))
         sys.exit(1)
