@@ -11,7 +11,9 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import pathlib
+import platform
 import statistics
 from collections.abc import Sequence
 
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax import models, studies, summary
+from resnet_jax.cpu.kernels import native
 
 RECORD_FILE = 'reproduce.json'
 # The fields that make a run's schedule: a run is labelled 'paper' only when all of them
@@ -74,15 +77,18 @@ def read_run(workdir: pathlib.Path, model: str, seed: int) -> RunResult:
 
 
 def cpu_model_name() -> str:
-    """This machine's CPU, as /proc/cpuinfo names it (else the platform's word for it)."""
+    """This machine's CPU as /proc/cpuinfo names it (else the platform's word for it), its
+    core count and the vector instructions that decide the CPU kernels (docs/cpu.md)."""
+    name = platform.processor() or platform.machine() or 'unknown CPU'
     try:
         for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
             if line.startswith('model name'):
-                return line.partition(':')[2].strip()
+                name = line.partition(':')[2].strip()
+                break
     except OSError:
         pass
-    import platform
-    return platform.processor() or platform.machine() or 'unknown CPU'
+    isa = native.host_isa()
+    return f'{name}, {os.cpu_count()} cores' + (f', {isa}' if isa else '')
 
 
 def _schedule_of(config: dict) -> dict:
