@@ -33,7 +33,6 @@ class StreamedInput:
     def __init__(self, config: ml_collections.ConfigDict, mesh, source, model,
                  tx: optax.GradientTransformation, schedule: optax.Schedule,
                  augment_key: jax.Array):
-        start = time.perf_counter()
         self.config = config
         self.source = source
         self.num_classes = source.num_classes
@@ -57,8 +56,7 @@ class StreamedInput:
             f'{source.description}, {source.num_examples("train")} train / '
             f'{source.num_examples(self.eval_split)} {self.eval_split} examples, '
             f'{self.num_classes} classes, streamed at {self.image_size}px '
-            f'({stream.augment} augmentation; opened in '
-            f'{time.perf_counter() - start:.1f} s)')
+            f'({stream.augment} augmentation)')
 
     def batches(self, start_step: int):
         """Global (images, labels) from step `start_step` on, transferred ahead of use."""
