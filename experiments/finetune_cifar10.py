@@ -19,11 +19,10 @@ The 1000-class head is replaced by a fresh 10-class one (logged); everything els
 from the checkpoint. SGD, momentum 0.9, batch 64, cosine decay from lr 0.01 after a
 100-step linear warm-up, weight decay 1e-4 on kernels only.
 
-Expected result: not measured with real ImageNet weights. No pretrained weights can be
-obtained on the machines this codebase was developed on (no network), so the figures
-below start from a converted torchvision file with torchvision's own random
-initialisation (seeded, tests/fixtures/make_torchvision_fixtures.py --full): they measure
-the fine-tuning machinery and its speed, not the benefit of pretraining. Published
+Expected result: not yet measured with real ImageNet weights. The figures below start
+from a converted torchvision file with torchvision's own random initialisation (seeded,
+tests/fixtures/make_torchvision_fixtures.py --full): they measure the fine-tuning
+machinery and its speed, not the benefit of pretraining. Published
 fine-tuning results of ImageNet ResNet-50s on CIFAR-10 at 224px are around 97-98% top-1
 (Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?").
 
