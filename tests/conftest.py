@@ -1,11 +1,24 @@
 """Shared test fixtures. The whole suite runs on 2 simulated CPU devices."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 # Before JAX is imported anywhere: data-parallel code paths run on 2 devices in every test.
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
+
+# One persistent compilation cache for the session, shared by this process, pytest-xdist's
+# workers and the subprocesses that inherit the environment: many tests compile the same
+# small train and eval steps, and a hit skips XLA's compile. Fresh each session, so no test
+# depends on what an earlier one left.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+    _COMPILATION_CACHE = tempfile.mkdtemp(prefix='resnet_jax_tests_compilation_')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
+    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+    atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 
