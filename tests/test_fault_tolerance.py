@@ -84,8 +84,10 @@ def test_sigkill_then_rerun_equals_a_run_never_stopped(tmp_path, uninterrupted):
     killed = start_and_signal(tmp_path, at_step=8, signum=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     resumed = run_to_end(tmp_path)
-    # Killed while step 8 (or, the loop running ahead of the log, 9) was under way.
-    assert re.search(r'Resumed from the checkpoint of step [69]\.', resumed.stderr), \
+    # Killed while step 8 (or, the loop running ahead of the log, 9) was under way; on a
+    # loaded machine the asynchronous save of step 6 may not have committed yet, and the
+    # run resumes from step 3. Never from scratch.
+    assert re.search(r'Resumed from the checkpoint of step [369]\.', resumed.stderr), \
         resumed.stderr[-3000:]
     assert_same_final_state(tmp_path, uninterrupted)
     # Some steps ran twice, but the history records each step once, in order.
