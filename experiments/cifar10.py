@@ -14,6 +14,9 @@ same fractions of the run as the paper's), evaluated every 500 steps.
 Recipe, as the paper: SGD, momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided
 by 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, random 32x32 crop and
 horizontal flip; per-pixel mean subtraction; He initialisation; BatchNorm, no dropout.
+BatchNorm normalises over the whole batch of 128 on one device; the paper's ran on two
+GPUs, 64 images each: `--config.model.bn_group_size=64` normalises in groups of 64 (ghost
+BatchNorm; whether it changes the result here is not measured yet).
 ResNet-110 warms up at lr 0.01 for its first 400 iterations. Train on all 50k training
 images, report the 10k test images (add --config.validation_examples=5000 for the
 paper's 45k/5k split, on which it chose this schedule).
