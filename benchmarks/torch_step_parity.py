@@ -37,27 +37,44 @@ import torch_reference  # noqa: E402
 from resnet_jax import backend, configs, optim, train  # noqa: E402
 
 
-def copy_into_torch(variables, model: torch_reference.ResNet) -> None:
-    """Our CIFAR net's params and batch_stats into the torch modules of the same layers."""
-    params, stats = variables['params'], variables['batch_stats']
+def corresponding_tensors(model: torch_reference.ResNet, params):
+    """(our variable's path, the torch tensor that holds it, its layout) for every
+    parameter and BN statistic of a CIFAR net: the one map both directions use."""
+    def bn(module, name):
+        yield ('params', name, 'scale'), module.weight, 'vector'
+        yield ('params', name, 'bias'), module.bias, 'vector'
+        yield ('batch_stats', name, 'mean'), module.running_mean, 'vector'
+        yield ('batch_stats', name, 'var'), module.running_var, 'vector'
 
-    def set_conv(conv, kernel):  # HWIO -> OIHW
-        conv.weight.data = torch.from_numpy(np.asarray(kernel).transpose(3, 2, 0, 1).copy())
-
-    def set_bn(bn, p, s):
-        bn.weight.data = torch.from_numpy(np.asarray(p['scale']).copy())
-        bn.bias.data = torch.from_numpy(np.asarray(p['bias']).copy())
-        bn.running_mean.data = torch.from_numpy(np.asarray(s['mean']).copy())
-        bn.running_var.data = torch.from_numpy(np.asarray(s['var']).copy())
-
-    set_conv(model.stem[0], params['stem_conv']['kernel'])
-    set_bn(model.stem[1], params['stem_bn'], stats['stem_bn'])
+    yield ('params', 'stem_conv', 'kernel'), model.stem[0].weight, 'conv'
+    yield from bn(model.stem[1], 'stem_bn')
     for block, name in zip(model.stages, block_names(params), strict=True):
         for i in (1, 2):
-            set_conv(getattr(block, f'conv{i}'), params[name][f'conv{i}']['kernel'])
-            set_bn(getattr(block, f'bn{i}'), params[name][f'bn{i}'], stats[name][f'bn{i}'])
-    model.head.weight.data = torch.from_numpy(np.asarray(params['head']['kernel']).T.copy())
-    model.head.bias.data = torch.from_numpy(np.asarray(params['head']['bias']).copy())
+            yield ('params', name, f'conv{i}', 'kernel'), getattr(block, f'conv{i}').weight, 'conv'
+            for path, tensor, layout in bn(getattr(block, f'bn{i}'), f'bn{i}'):
+                yield (path[0], name, *path[1:]), tensor, layout
+    yield ('params', 'head', 'kernel'), model.head.weight, 'dense'
+    yield ('params', 'head', 'bias'), model.head.bias, 'vector'
+
+
+# Our layout -> torch's: conv HWIO -> OIHW, dense [in, out] -> [out, in].
+TO_TORCH = {'conv': (3, 2, 0, 1), 'dense': (1, 0), 'vector': (0,)}
+
+
+def copy_into_torch(variables, model: torch_reference.ResNet) -> None:
+    """Our CIFAR net's params and batch_stats into the torch modules of the same layers."""
+    flat = flax.traverse_util.flatten_dict(variables)
+    with torch.no_grad():
+        for path, tensor, layout in corresponding_tensors(model, variables['params']):
+            tensor.copy_(torch.from_numpy(np.array(flat[path]).transpose(TO_TORCH[layout])))
+
+
+def torch_as_ours(model: torch_reference.ResNet, like) -> dict:
+    """The torch model's state in our variables' layout, as numpy arrays."""
+    flat = {}
+    for path, tensor, layout in corresponding_tensors(model, like['params']):
+        flat[path] = tensor.detach().numpy().transpose(np.argsort(TO_TORCH[layout]))
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 def block_names(params) -> list[str]:
@@ -66,29 +83,6 @@ def block_names(params) -> list[str]:
         stage, block = name.removeprefix('stage').split('_block')
         return int(stage), int(block)
     return sorted((k for k in params if k.startswith('stage')), key=order)
-
-
-def torch_as_ours(model: torch_reference.ResNet, like) -> dict:
-    """The torch model's state in our variables' layout, as numpy arrays."""
-    out = jax.tree.map(np.asarray, like)
-    params, stats = out['params'], out['batch_stats']
-
-    def conv(module):
-        return module.weight.detach().numpy().transpose(2, 3, 1, 0)
-
-    def bn(module, p, s):
-        p['scale'], p['bias'] = module.weight.detach().numpy(), module.bias.detach().numpy()
-        s['mean'], s['var'] = module.running_mean.numpy(), module.running_var.numpy()
-
-    params['stem_conv']['kernel'] = conv(model.stem[0])
-    bn(model.stem[1], params['stem_bn'], stats['stem_bn'])
-    for block, name in zip(model.stages, block_names(params), strict=True):
-        for i in (1, 2):
-            params[name][f'conv{i}']['kernel'] = conv(getattr(block, f'conv{i}'))
-            bn(getattr(block, f'bn{i}'), params[name][f'bn{i}'], stats[name][f'bn{i}'])
-    params['head']['kernel'] = model.head.weight.detach().numpy().T
-    params['head']['bias'] = model.head.bias.detach().numpy()
-    return out
 
 
 def main() -> None:
@@ -114,11 +108,11 @@ def main() -> None:
     tx = optim.make_optimizer(config, schedule)
     # Two of ours: the platform's layers (CPU kernels where they run) and XLA's. They are
     # the same maths rounded differently: how fast they drift apart is the yardstick.
-    ours = {'ours': our_trainer(model, tx, variables)}
+    ours = {'ours': OurTrainer(model, tx, variables)}
     if jax.default_backend() == 'cpu' and config.cpu_kernels != 'xla':
         with config.unlocked():
             config.cpu_kernels = 'xla'
-        ours['ours XLA'] = our_trainer(train.build_model(config, 10), tx, variables)
+        ours['ours XLA'] = OurTrainer(train.build_model(config, 10), tx, variables)
 
     torch.manual_seed(args.seed)
     torch_model = torch_reference.ResNet(
@@ -165,7 +159,7 @@ def main() -> None:
             print(f'  {kind:7s} {diff:.2e}  ({where})')
 
 
-class our_trainer:  # noqa: N801  (used as a function that keeps its state)
+class OurTrainer:
     """Our train step's maths on one device, from `variables`."""
 
     def __init__(self, model, tx, variables):
@@ -202,8 +196,9 @@ def worst_differences(ours: dict, theirs: dict) -> dict[str, tuple[float, str]]:
     |a - b| / |b| (Euclidean norms of whole leaves; an element's own relative difference
     means nothing where its value is near 0, as a BN bias early on) and where."""
     worst = {}
-    for (path, a), b in zip(flax.traverse_util.flatten_dict(ours).items(),
-                            flax.traverse_util.flatten_dict(theirs).values(), strict=True):
+    theirs = flax.traverse_util.flatten_dict(theirs)
+    for path, a in flax.traverse_util.flatten_dict(ours).items():
+        b = theirs[path]
         diff = float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
         if diff > worst.get(path[-1], (0.0, ''))[0]:
             worst[path[-1]] = (diff, '/'.join(path[1:]))
