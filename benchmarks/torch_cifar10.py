@@ -30,8 +30,9 @@ augmentation draw from torch's generator seeded with `config.seed`, not JAX's), 
 BatchNorm's running variance, which torch updates with the unbiased batch variance (Flax
 with the biased one: a factor n / (n - 1), n = batch x height x width >= 8,192 here).
 
-Float32 on the CPU, channels-last, one thread per core; one process, one device (as
-`resnet_jax.main` without --cpu_devices). No checkpoints: SIGTERM stops it after the
+Float32, channels-last, on the GPU when torch sees one (its default TF32 convolutions, as
+XLA's default precision there), else on the CPU with one thread per core; one process, one
+device (as `resnet_jax.main` without --cpu_devices). No checkpoints: SIGTERM stops it after the
 current step (exit status 143) without a final_eval.json. Torch is optional
 (`pip install 'resnet_jax[bench]'`): nothing in the package or its tests imports this.
 """
@@ -122,7 +123,8 @@ def evaluate(eval_fn, images: torch.Tensor, labels: torch.Tensor,
     """loss / top-1 / top-5 over the whole eval split, every example once."""
     loss = top1 = top5 = 0.0
     for start in range(0, len(labels), batch_size):
-        indices = torch.arange(start, min(start + batch_size, len(labels)))
+        indices = torch.arange(start, min(start + batch_size, len(labels)),
+                               device=labels.device)
         logits, target = eval_fn(images, indices), labels[indices]
         loss += float(F.cross_entropy(logits, target, reduction='sum'))
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
@@ -143,6 +145,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains as `resnet_jax.train.train_and_evaluate` would, in PyTorch; the final eval."""
     check_config(config)
     torch.set_num_threads(os.cpu_count())
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     workdir_path = prepare_workdir(workdir)
     data = in_memory.open_dataset(config)
     order = in_memory.BatchOrder(len(data.train_labels), config.batch_size, config.seed)
@@ -158,24 +161,26 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     model = torch_reference.ResNet(
         config.model.name, data.num_classes, config.model.variant, config.model.shortcut,
         bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
-        zero_init_residual=config.model.zero_init_residual)
+        zero_init_residual=config.model.zero_init_residual).to(device)
     optimizer = make_optimizer(model, config)
     pixel_mean = torch.from_numpy(
-        data.train_images.mean(axis=0, dtype=np.float64).astype(np.float32))
+        data.train_images.mean(axis=0, dtype=np.float64).astype(np.float32)).to(device)
     pad = {'pad_crop_flip': config.pad_pixels, 'flip': 0, 'none': None}[config.augment]
     train_step = torch_reference.make_train_step(
         model, augment_pad=pad, pixel_mean=pixel_mean, pixel_scale=config.pixel_scale,
-        optimizer=optimizer, generator=torch.Generator().manual_seed(config.seed),
+        optimizer=optimizer, generator=torch.Generator(device).manual_seed(config.seed),
         with_accuracy=True)
     eval_fn = torch_reference.make_eval_step(model, pixel_mean=pixel_mean,
                                              pixel_scale=config.pixel_scale)
-    images, labels = torch.from_numpy(data.train_images), torch.from_numpy(data.train_labels).long()
-    eval_images = torch.from_numpy(data.eval_images)
-    eval_labels = torch.from_numpy(data.eval_labels).long()
+    images = torch.from_numpy(data.train_images).to(device)
+    labels = torch.from_numpy(data.train_labels).long().to(device)
+    eval_images = torch.from_numpy(data.eval_images).to(device)
+    eval_labels = torch.from_numpy(data.eval_labels).long().to(device)
+    device_kind = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
     description = (f'{data.source}, {len(data.train_labels)} train / {len(data.eval_labels)} '
                    f'{data.eval_split} examples, {data.num_classes} classes, in memory (torch)')
-    print(f'Data: {description}. torch {torch.__version__}, {torch.get_num_threads()} threads; '
-          f'steps 0 -> {total_steps}.', flush=True)
+    print(f'Data: {description}. torch {torch.__version__} on {device_kind}, '
+          f'{torch.get_num_threads()} threads; steps 0 -> {total_steps}.', flush=True)
 
     save_config(config, workdir_path)
     writer = metrics.MetricWriter(workdir_path, 0)  # a fresh history: no resume
@@ -195,7 +200,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             for step in range(total_steps):
                 for group in optimizer.param_groups:
                     group['lr'] = float(lrs[step])
-                indices = torch.from_numpy(order.indices(step)).long()
+                indices = torch.from_numpy(order.indices(step)).long().to(device)
                 loss, accuracy = train_step(images, labels, indices)
                 loss = float(loss)
                 if not np.isfinite(loss):
@@ -226,7 +231,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     write_json_atomically(workdir_path / 'final_eval.json', {
         'step': total_steps, 'split': split, 'mode': 'whole_image', **final,
         'modes': {'whole_image': final}, 'data': description, 'num_devices': 1,
-        'device_kind': 'cpu', 'implementation': IMPLEMENTATION,
+        'device_kind': device_kind, 'implementation': IMPLEMENTATION,
         'torch_version': torch.__version__, 'torch_threads': torch.get_num_threads()})
     return final
 

@@ -1,18 +1,19 @@
 """Reproduces a CIFAR-10 study of the paper with one command: its runs, results.md, figures.
 
     python -m resnet_jax.reproduce STUDY --workdir DIR [--models resnet20,plain56,...]
-        [--schedule paper|short] [--seeds N] [--config.FIELD=VALUE ...]
+        [--schedule paper|short] [--seeds N] [--parallel N] [--config.FIELD=VALUE ...]
 
 STUDY is `cifar10` (Table 6: ResNet-20 ... 110; add resnet1202 with --models) or
 `degradation` (Figure 6: plain-20 ... 56 and ResNet-20 ... 110; Figure 7). Each run is
 `python -m resnet_jax.main --config experiments/cifar10.py:MODEL[,short]` in a process of
-its own, in DIR/MODEL_SCHEDULE_seedS, one after another; `--config.` overrides apply to
+its own, in DIR/MODEL_SCHEDULE_seedS, one after another (`--parallel N`: N at once on the
+one device, for a GPU that one small run leaves mostly idle); `--config.` overrides apply to
 every run (`--config.total_steps=20` shrinks a study to seconds). Everything is checked
 before the first run starts.
 
 Running the same command again continues the study: finished runs (final_eval.json
 written, with the same config) are skipped, an interrupted one resumes from its last
-checkpoint. SIGTERM or Ctrl-C stops the current run at its next step, after it has
+checkpoint. SIGTERM or Ctrl-C stops the running runs at their next step, after each has
 saved a checkpoint (exit 143). After each run, DIR/results.md is written anew and the
 figures drawn: DIR/figure6.png (training curves, resnet_jax.plot) and, for the
 degradation study, DIR/figure7.png and .json (layer responses, resnet_jax.layer_responses).
@@ -29,7 +30,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent import futures
 from collections.abc import Sequence
 
 import jax
@@ -120,6 +123,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument('--schedule', default='paper', choices=tuple(studies.SCHEDULES),
                         help="'paper': 64k iterations; 'short': 2.5k (default: paper)")
     parser.add_argument('--seeds', type=int, default=1, help='runs per model, seeds 0..N-1')
+    parser.add_argument('--parallel', type=int, default=1,
+                        help='runs trained at once, each a process of its own sharing the '
+                        'device (a GPU; not a TPU, which one process holds); default 1')
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for arg in rest:
@@ -151,6 +157,8 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
                          f'choose from {", ".join(valid)}')
     if args.seeds < 1:
         raise StudyError(f'--seeds={args.seeds}: give 1 or more')
+    if args.parallel < 1:
+        raise StudyError(f'--parallel={args.parallel}: give 1 or more')
     directory = pathlib.Path(args.workdir).expanduser().resolve()
     runs = [Run(directory, model, args.schedule, seed, overrides)
             for model in dict.fromkeys(models) for seed in range(args.seeds)]
@@ -160,18 +168,22 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
 
 
 class Supervisor:
-    """Runs one child at a time; SIGTERM, SIGINT or SIGHUP stops the child gracefully.
+    """Runs the study's children, up to `parallel` at once; SIGTERM, SIGINT or SIGHUP stops
+    every child gracefully.
 
-    The child runs in a process group of its own, so that Ctrl-C at a terminal reaches
-    only this process, which passes it on as SIGTERM: the child then saves a checkpoint
+    Each child runs in a process group of its own, so that Ctrl-C at a terminal reaches
+    only this process, which passes it on as SIGTERM: each child then saves a checkpoint
     of its current step and exits, instead of dying with a KeyboardInterrupt.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    def __init__(self):
-        self.child: subprocess.Popen | None = None
+    def __init__(self, parallel: int = 1):
+        self.parallel = parallel
         self.stop_signal: int | None = None
+        self._children: dict[str, subprocess.Popen] = {}
+        self._peaks: dict[str, int] = {}  # per running child: the most children at once
+        self._lock = threading.Lock()
         self._previous = {}
 
     def __enter__(self) -> Supervisor:
@@ -186,36 +198,45 @@ class Supervisor:
     def _handle(self, signum, frame) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
-            print(f'reproduce: received {signal.Signals(signum).name}: stopping the current '
-                  'run at its next step (it saves a checkpoint first)', file=sys.stderr,
+            print(f'reproduce: received {signal.Signals(signum).name}: stopping the running '
+                  'runs at their next step (each saves a checkpoint first)', file=sys.stderr,
                   flush=True)
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGTERM)
+        for child in list(self._children.values()):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
 
     def run(self, run: Run, env: dict) -> int:
-        """Runs `run` to its end (or its stop); its output goes to stderr and train.log."""
+        """Runs `run` to its end (or its stop); its output goes to stderr (each line led by
+        the run's name when several run at once) and to its train.log."""
         run.workdir.mkdir(parents=True, exist_ok=True)
         record_path = run.workdir / study_results.RECORD_FILE
         record = study_results.read_json(record_path) or {'attempts': []}
         record['command'] = shlex.join(run.command)
+        prefix = f'[{run.name}] ' if self.parallel > 1 else ''
         started = time.time()
         with open(run.workdir / 'train.log', 'a', encoding='utf-8') as log:
             log.write(f'--- {datetime.datetime.now().astimezone().isoformat()} '
                       f'{record["command"]}\n')
-            self.child = subprocess.Popen(
-                run.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, bufsize=1, process_group=0)
+            with self._lock:
+                child = subprocess.Popen(
+                    run.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True, bufsize=1, process_group=0)
+                self._children[run.name] = child
+                for name in self._children:
+                    self._peaks[name] = max(self._peaks.get(name, 0), len(self._children))
             if self.stop_signal is not None:  # a signal came while it started
-                self.child.send_signal(signal.SIGTERM)
-            for line in self.child.stdout:
-                sys.stderr.write(line)
+                child.send_signal(signal.SIGTERM)
+            for line in child.stdout:
+                sys.stderr.write(prefix + line)
                 log.write(line)
-            returncode = self.child.wait()
-        self.child = None
+            returncode = child.wait()
+        with self._lock:
+            del self._children[run.name]
+            runs_at_once = self._peaks.pop(run.name)
         record['attempts'].append({
             'started': datetime.datetime.fromtimestamp(started).astimezone().isoformat(),
             'wall_seconds': round(time.time() - started, 1), 'returncode': returncode,
-            'cpu': study_results.cpu_model_name()})
+            'cpu': study_results.cpu_model_name(), 'runs_at_once': runs_at_once})
         record_path.write_text(json.dumps(record, indent=2) + '\n')
         return returncode
 
@@ -253,33 +274,55 @@ def draw_layer_responses(study: studies.Study, runs: Sequence[Run], trained: set
         print(f'reproduce: the layer responses failed: {shlex.join(command)}', file=sys.stderr)
 
 
+def run_environment(parallel: int) -> dict[str, str]:
+    """The runs' environment: this one (they pick the accelerator), where several share a
+    GPU each preallocating an equal share of its memory instead of JAX's default 75%."""
+    env = dict(os.environ)
+    if parallel > 1 and not {'XLA_PYTHON_CLIENT_MEM_FRACTION',
+                             'XLA_PYTHON_CLIENT_PREALLOCATE'} & env.keys():
+        env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / parallel:.3f}'
+    return env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the study; 0 when every run has finished, 1 if any failed, 143 when stopped."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    env = dict(os.environ)  # the runs' environment: they pick the accelerator
     # This process only reads configs and shapes; it must not take the accelerator from
     # the runs (a GPU client would reserve most of its memory).
     jax.config.update('jax_platforms', 'cpu')
     args, _ = parse_args(argv)
     runs: list[Run] = args.runs
+    env = run_environment(args.parallel)
     command = 'python -m resnet_jax.reproduce ' + shlex.join(argv)
     failed, stopped, trained = [], False, set()
-    with Supervisor() as supervisor:
-        for number, run in enumerate(runs, start=1):
+    pending = []
+    for number, run in enumerate(runs, start=1):
+        if run.finished():
+            print(f'reproduce: [{number}/{len(runs)}] {run.name}: finished before; skipped',
+                  file=sys.stderr, flush=True)
+        else:
+            pending.append((number, run))
+    with Supervisor(args.parallel) as supervisor, \
+            futures.ThreadPoolExecutor(args.parallel) as pool:
+
+        def attempt(number: int, run: Run) -> int | None:
+            """The run's exit status; None when the study was stopped before it began."""
             if supervisor.stop_signal is not None:
-                stopped = True
-                break
-            if run.finished():
-                print(f'reproduce: [{number}/{len(runs)}] {run.name}: finished before; skipped',
-                      file=sys.stderr, flush=True)
-                continue
+                return None
             print(f'reproduce: [{number}/{len(runs)}] {run.name}: {shlex.join(run.command)}',
                   file=sys.stderr, flush=True)
-            returncode = supervisor.run(run, env)
+            return supervisor.run(run, env)
+
+        jobs = {pool.submit(attempt, number, run): run for number, run in pending}
+        for job in futures.as_completed(jobs):
+            run, returncode = jobs[job], job.result()
+            if returncode is None:
+                stopped = True
+                continue
             trained.add(run.name)
             if returncode == preemption.PREEMPTED_EXIT_CODE or supervisor.stop_signal:
                 stopped = True  # the run saved its step: re-running the command resumes it
-                break
+                continue
             if returncode != 0:
                 failed.append(run.name)
                 print(f'reproduce: {run.name} failed (exit {returncode}); its log: '

@@ -1,15 +1,19 @@
 """The paper's studies by one command: resnet_jax.reproduce, plot and layer_responses.
 
 One tiny study (ResNet-20 and plain-20, 1 seed, 12 steps on 8x8 synthetic images) is run
-for real in subprocesses, stopped by SIGTERM in its first run, resumed, and run again;
-the other tests read its workdirs.
+for real in subprocesses, stopped by SIGTERM in its first run, resumed with both runs at
+once (--parallel 2), and run again; the other tests read its workdirs.
 """
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
 import sys
+import threading
+import time
+from concurrent import futures
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +22,7 @@ import pytest
 from test_errors import assert_one_line_error
 
 from resnet_jax import layer_responses, models, plot, studies, study_results
+from resnet_jax import reproduce as reproduce_module
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOTAL = 12
@@ -32,9 +37,9 @@ def reproduce(*args):
     return [sys.executable, '-m', 'resnet_jax.reproduce', *args]
 
 
-def study_command(directory):
+def study_command(directory, *extra):
     return reproduce('cifar10', '--workdir', str(directory), '--models',
-                     'resnet20,plain20', '--schedule', 'short', *TINY)
+                     'resnet20,plain20', '--schedule', 'short', *extra, *TINY)
 
 
 @pytest.fixture(scope='module')
@@ -53,9 +58,9 @@ def study(tmp_path_factory):
     lines.append(process.stderr.read())
     process.wait(timeout=120)
     stopped = (process.returncode, ''.join(lines))
-    # 2: resumes the first run, runs the second; 3: finds both finished.
-    resumed = subprocess.run(study_command(directory), cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+    # 2: resumes the first run while it runs the second; 3: finds both finished.
+    resumed = subprocess.run(study_command(directory, '--parallel', '2'), cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
     mtimes = {p: p.stat().st_mtime_ns for p in directory.glob('*/final_eval.json')}
     again = subprocess.run(study_command(directory), cwd=REPO, capture_output=True, text=True,
                            timeout=120)
@@ -80,10 +85,13 @@ def test_sigterm_stops_the_study_and_the_same_command_resumes_it(study):
     assert [a['returncode'] for a in attempts] == [143, 0]
     resumed = study['resumed']
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert '[resnet20_short_seed0] ' in resumed.stderr  # both at once: lines say whose
     assert 'Resumed from the checkpoint of step' in resumed.stderr
     assert 'all 2 runs finished' in resumed.stderr
     steps = [r['step'] for r in study_results.read_metrics(first) if 'train/loss' in r]
     assert steps == list(range(1, TOTAL + 1))  # each step once, across the stop
+    second = json.loads((study['dir'] / 'plain20_short_seed0' / 'reproduce.json').read_text())
+    assert [a['runs_at_once'] for a in (*attempts, *second['attempts'])] == [1, 2, 2]
 
 
 def test_a_finished_study_is_not_trained_again(study):
@@ -106,6 +114,7 @@ def test_results_md_has_a_row_per_model_and_never_calls_a_short_run_paper(study)
         assert float(row['train error (%)']) >= 0
         assert 'synthetic' in row['data'] and 'eval split: test' in row['data']
         assert 'cpu' in row['hardware']
+        assert row['wall time per run'].endswith(' (up to 2 runs at once)')
     assert rows['resnet20']['params'] == '0.27M (paper 0.27M)'
     assert rows['resnet20']['paper test error (%)'] == '8.75'
     assert rows['plain20']['paper test error (%)'] == '— (no table value)'
@@ -136,6 +145,45 @@ def test_several_seeds_give_mean_spread_and_best(tmp_path):
     assert row['test error (%)'] == '7.00 ± 1.00 (n=3)'
     assert row['best'] == '6.00' and row['seeds done'] == '3/3'
     assert row['wall time per run'] == '1m00s mean'
+
+
+def test_sigterm_stops_every_run_of_a_parallel_study(tmp_path, monkeypatch):
+    """Both children at once; one SIGTERM to the supervisor reaches both, each exits 143."""
+    child = ('import pathlib, signal, sys, time; '
+             'signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)); '
+             'pathlib.Path(sys.argv[1]).touch(); time.sleep(60)')
+    runs = []
+    for name in ('a', 'b'):
+        run = reproduce_module.Run.__new__(reproduce_module.Run)
+        run.name, run.workdir = name, tmp_path / name
+        runs.append(run)
+    monkeypatch.setattr(reproduce_module.Run, 'command', property(
+        lambda run: [sys.executable, '-c', child, str(run.workdir / 'up')]))
+
+    def stop_once_both_are_up():
+        while not all((r.workdir / 'up').exists() for r in runs):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_both_are_up, daemon=True).start()
+    started = time.monotonic()
+    with reproduce_module.Supervisor(parallel=2) as supervisor, \
+            futures.ThreadPoolExecutor(2) as pool:
+        returncodes = list(pool.map(lambda r: supervisor.run(r, dict(os.environ)), runs))
+    assert returncodes == [143, 143] and time.monotonic() - started < 30
+    assert supervisor.stop_signal == signal.SIGTERM
+    for run in runs:
+        attempt, = json.loads((run.workdir / 'reproduce.json').read_text())['attempts']
+        assert attempt['returncode'] == 143 and attempt['runs_at_once'] == 2
+
+
+def test_parallel_runs_share_the_gpu_memory_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+    monkeypatch.delenv('XLA_PYTHON_CLIENT_PREALLOCATE', raising=False)
+    assert 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in reproduce_module.run_environment(1)
+    assert reproduce_module.run_environment(4)['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.225'
+    monkeypatch.setenv('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+    assert 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in reproduce_module.run_environment(4)
 
 
 def test_plot_writes_a_png_from_two_workdirs(study, tmp_path):
@@ -193,7 +241,8 @@ def test_the_sown_response_is_bn_of_the_conv_output_before_add_and_relu():
     (['cifar10', '--workdir', 'W', '--config.total_steps=20'],
      'error: eval_every_steps=4000 is longer than the run (20 steps); add '
      '--config.eval_every_steps=N'),
-], ids=['study', 'model', 'override', 'seed', 'intervals'])
+    (['cifar10', '--workdir', 'W', '--parallel', '0'], 'error: --parallel=0: give 1 or more'),
+], ids=['study', 'model', 'override', 'seed', 'intervals', 'parallel'])
 def test_a_bad_study_is_one_line_before_any_run(args, expected, tmp_path):
     args = [str(tmp_path / 'study') if a == 'W' else a for a in args]
     result = subprocess.run(reproduce(*args), cwd=REPO, capture_output=True, text=True,
