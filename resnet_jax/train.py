@@ -98,9 +98,16 @@ def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains the model of `config`, resuming from `workdir`, and returns the final eval.
 
-    Raises preemption.Preempted after saving when the process receives SIGTERM.
+    Raises preemption.Preempted after saving when the process receives SIGTERM, also when
+    the signal came while it loaded data or compiled (it stops after the first step).
     """
     configs.validate_config(config)
+    with preemption.StopRequest() as stop:
+        return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stop: preemption.StopRequest) -> dict[str, float]:
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.batch_size, mesh, 'batch_size')
     parallel.check_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
@@ -147,18 +154,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     loop = _Loop(config, workdir_path, total_steps, checkpointer, writer,
                  run_input.eval_split, start_step)
     try:
-        with preemption.StopRequest() as stop:
-            batch = first_batch
-            for step in range(start_step, total_steps):
-                if step != start_step:
-                    waited = time.perf_counter()
-                    batch = next(batches)
-                    loop.input_wait += time.perf_counter() - waited
-                state, step_metrics = train_step(state, *batch)
-                loop.after_step(step, state, step_metrics, stop)
-                if config.eval_every_steps and (step + 1) % config.eval_every_steps == 0 \
-                        and step + 1 != total_steps:
-                    loop.evaluate(step + 1, lambda s=state: run_input.evaluate(s))
+        batch = first_batch
+        for step in range(start_step, total_steps):
+            if step != start_step:
+                waited = time.perf_counter()
+                batch = next(batches)
+                loop.input_wait += time.perf_counter() - waited
+            state, step_metrics = train_step(state, *batch)
+            loop.after_step(step, state, step_metrics, stop)
+            if config.eval_every_steps and (step + 1) % config.eval_every_steps == 0 \
+                    and step + 1 != total_steps:
+                loop.evaluate(step + 1, lambda s=state: run_input.evaluate(s))
         final = {}
         first_mode = run_input.eval_modes[0]
         for mode in run_input.eval_modes:

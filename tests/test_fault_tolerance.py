@@ -42,14 +42,17 @@ def run_to_end(workdir, command=COMMAND):
     return result
 
 
-def start_and_signal(workdir, at_step: int, signum: int, command=COMMAND):
-    """Starts the job and sends `signum` once it has logged `at_step`; returns the result."""
+def start_and_signal(workdir, at_step: int | None, signum: int, command=COMMAND,
+                     at_line: str | None = None):
+    """Starts the job and sends `signum` once it has logged `at_step` (or a line holding
+    `at_line`); returns the result."""
     process = subprocess.Popen([*command, f'--workdir={workdir}'], cwd=REPO,
                                stderr=subprocess.PIPE, text=True)
     lines = []
+    marker = at_line or f'step {at_step}/{TOTAL}'
     for line in process.stderr:
         lines.append(line)
-        if f'step {at_step}/{TOTAL}' in line:
+        if marker in line:
             process.send_signal(signum)
             break
     rest = process.stderr.read()
@@ -141,6 +144,13 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupte
     resumed = run_to_end(tmp_path)
     assert f'Resumed from the checkpoint of step {saved}' in resumed.stderr
     assert_same_final_state(tmp_path, uninterrupted)
+
+
+def test_sigterm_while_it_compiles_stops_after_the_first_step(tmp_path):
+    stopped = start_and_signal(tmp_path, None, signal.SIGTERM, at_line='Data: ')
+    assert stopped.returncode == preemption.PREEMPTED_EXIT_CODE, stopped.stderr[-2000:]
+    assert 'saved the checkpoint of step 1 and exited' in stopped.stderr
+    assert [p.name for p in (tmp_path / 'checkpoints').iterdir()] == ['1']
 
 
 def _checkpoint_files(path, step):
