@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from concurrent import futures
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from absl import flags
@@ -284,6 +284,50 @@ def run_environment(parallel: int) -> dict[str, str]:
     return env
 
 
+def train_runs(runs: Sequence[Run], parallel: int, env: dict,
+               after_each: Callable[[], None]) -> tuple[list[str], bool, set[str]]:
+    """Trains the unfinished runs, `parallel` at once, calling `after_each` when one ends.
+
+    Returns the names of the runs that failed, whether the study was stopped (a signal, or
+    a run that exited as preempted: then no further run starts), and the runs trained.
+    """
+    failed, trained = [], set()
+    halted = threading.Event()  # a run was stopped: start no more
+    pending = []
+    for number, run in enumerate(runs, start=1):
+        if run.finished():
+            print(f'reproduce: [{number}/{len(runs)}] {run.name}: finished before; skipped',
+                  file=sys.stderr, flush=True)
+        else:
+            pending.append((number, run))
+    with Supervisor(parallel) as supervisor, futures.ThreadPoolExecutor(parallel) as pool:
+
+        def attempt(number: int, run: Run) -> int | None:
+            """The run's exit status; None when the study was stopped before it began."""
+            if supervisor.stop_signal is not None or halted.is_set():
+                return None
+            print(f'reproduce: [{number}/{len(runs)}] {run.name}: {shlex.join(run.command)}',
+                  file=sys.stderr, flush=True)
+            return supervisor.run(run, env)
+
+        jobs = {pool.submit(attempt, number, run): run for number, run in pending}
+        for job in futures.as_completed(jobs):
+            run, returncode = jobs[job], job.result()
+            if returncode is None:
+                continue
+            trained.add(run.name)
+            if returncode == preemption.PREEMPTED_EXIT_CODE or supervisor.stop_signal:
+                halted.set()  # the run saved its step: re-running the command resumes it
+                continue
+            if returncode != 0:
+                failed.append(run.name)
+                print(f'reproduce: {run.name} failed (exit {returncode}); its log: '
+                      f'{run.workdir / "train.log"}; going on with the others',
+                      file=sys.stderr, flush=True)
+            after_each()
+    return failed, halted.is_set() or supervisor.stop_signal is not None, trained
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the study; 0 when every run has finished, 1 if any failed, 143 when stopped."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -294,41 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = args.runs
     env = run_environment(args.parallel)
     command = 'python -m resnet_jax.reproduce ' + shlex.join(argv)
-    failed, stopped, trained = [], False, set()
-    pending = []
-    for number, run in enumerate(runs, start=1):
-        if run.finished():
-            print(f'reproduce: [{number}/{len(runs)}] {run.name}: finished before; skipped',
-                  file=sys.stderr, flush=True)
-        else:
-            pending.append((number, run))
-    with Supervisor(args.parallel) as supervisor, \
-            futures.ThreadPoolExecutor(args.parallel) as pool:
-
-        def attempt(number: int, run: Run) -> int | None:
-            """The run's exit status; None when the study was stopped before it began."""
-            if supervisor.stop_signal is not None:
-                return None
-            print(f'reproduce: [{number}/{len(runs)}] {run.name}: {shlex.join(run.command)}',
-                  file=sys.stderr, flush=True)
-            return supervisor.run(run, env)
-
-        jobs = {pool.submit(attempt, number, run): run for number, run in pending}
-        for job in futures.as_completed(jobs):
-            run, returncode = jobs[job], job.result()
-            if returncode is None:
-                stopped = True
-                continue
-            trained.add(run.name)
-            if returncode == preemption.PREEMPTED_EXIT_CODE or supervisor.stop_signal:
-                stopped = True  # the run saved its step: re-running the command resumes it
-                continue
-            if returncode != 0:
-                failed.append(run.name)
-                print(f'reproduce: {run.name} failed (exit {returncode}); its log: '
-                      f'{run.workdir / "train.log"}; going on with the others',
-                      file=sys.stderr, flush=True)
-            write_results(args, runs, command)
+    failed, stopped, trained = train_runs(runs, args.parallel, env,
+                                          lambda: write_results(args, runs, command))
     write_results(args, runs, command)
     results = runs[0].workdir.parent / 'results.md'
     if stopped:
