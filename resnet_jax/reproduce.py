@@ -32,8 +32,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent import futures
 from collections.abc import Callable, Sequence
+from concurrent import futures
 
 import jax
 from absl import flags
