@@ -14,8 +14,8 @@ side by side on the same data, budget and seeds (docs/reproduce.md, "Against PyT
 - input: `config.augment` (4-pixel pad, random crop, flip), (x - per-pixel train mean) /
   `config.pixel_scale`;
 - model: He (fan-out, normal) convolutions, BN weight 1 / bias 0 with the config's
-  momentum (Flax's 0.9 = torch's 0.1) and epsilon, the head as Flax's Dense (LeCun
-  truncated normal, zero bias);
+  momentum (Flax's 0.9 = torch's 0.1), epsilon and groups (`model.bn_group_size`), the
+  head as Flax's Dense (LeCun truncated normal, zero bias);
 - optimiser: torch SGD, which adds weight_decay * param to the gradient before the
   momentum, as our optax.add_decayed_weights then sgd; on all parameters or the kernels
   only (`optim.weight_decay_params`); the learning rate of every step from
@@ -53,7 +53,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference  # noqa: E402  (beside this file)
 
-from resnet_jax import configs, metrics, models, optim, preemption  # noqa: E402
+from resnet_jax import configs, metrics, models, optim, preemption, train  # noqa: E402
 from resnet_jax.data import arrays  # noqa: E402
 from resnet_jax.inputs import base, in_memory  # noqa: E402
 from resnet_jax.workdir import WorkdirError, prepare_workdir, save_config  # noqa: E402
@@ -75,6 +75,7 @@ class NonFiniteError(RuntimeError):
 def check_config(config) -> None:
     """ConfigError for a config that resnet_jax rejects or this reference does not cover."""
     configs.validate_config(config)
+    train.check_bn_groups(config, num_devices=1)
     if configs.pipeline(config) != 'memory':
         raise configs.ConfigError(
             f'dataset={config.dataset!r} is streamed: the PyTorch reference trains on the '
@@ -161,7 +162,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     model = torch_reference.ResNet(
         config.model.name, data.num_classes, config.model.variant, config.model.shortcut,
         bn_momentum=config.model.bn_momentum, bn_epsilon=config.model.bn_epsilon,
-        zero_init_residual=config.model.zero_init_residual).to(device)
+        zero_init_residual=config.model.zero_init_residual,
+        bn_group_size=config.model.bn_group_size).to(device)
     optimizer = make_optimizer(model, config)
     pixel_mean = torch.from_numpy(
         data.train_images.mean(axis=0, dtype=np.float64).astype(np.float32)).to(device)

@@ -34,6 +34,29 @@ from torch import nn
 from resnet_jax import models
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """torch's BatchNorm2d; with `group_size` ("ghost" BatchNorm, ours `model.bn_group_size`)
+    training normalises each group of that many consecutive examples by its own
+    statistics, and the running averages take the mean of the groups' statistics."""
+
+    group_size = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if not self.training or not self.group_size or n <= self.group_size:
+            return super().forward(x)
+        groups = x.reshape(n // self.group_size, self.group_size, *x.shape[1:])
+        axes = (1, 3, 4)  # per group and channel: over its examples, rows and columns
+        mean = groups.mean(axes, keepdim=True)
+        var = groups.var(axes, unbiased=False, keepdim=True)
+        y = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        with torch.no_grad():  # torch's convention: the unbiased variance in the average
+            count = self.group_size * x.shape[2] * x.shape[3]
+            self.running_mean.lerp_(mean.mean(0).flatten(), self.momentum)
+            self.running_var.lerp_(var.mean(0).flatten() * count / (count - 1), self.momentum)
+        return y * self.weight[:, None, None] + self.bias[:, None, None]
+
+
 def _conv(cin: int, cout: int, kernel: int, stride: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
 
@@ -48,7 +71,7 @@ class Shortcut(nn.Module):
         changes = stride != 1 or cin != cout
         self.kind = 'identity' if not changes and kind not in ('C', 'none') else kind
         if self.kind in ('B', 'C'):
-            self.proj = nn.Sequential(_conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+            self.proj = nn.Sequential(_conv(cin, cout, 1, stride), BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.kind == 'none':
@@ -71,8 +94,8 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, width: int, stride: int, shortcut: str, variant: str):
         super().__init__()
-        self.conv1, self.bn1 = _conv(cin, width, 3, stride), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = _conv(width, width, 3, 1), nn.BatchNorm2d(width)
+        self.conv1, self.bn1 = _conv(cin, width, 3, stride), BatchNorm2d(width)
+        self.conv2, self.bn2 = _conv(width, width, 3, 1), BatchNorm2d(width)
         self.last_bn = self.bn2
         self.shortcut = Shortcut(cin, width, stride, shortcut)
 
@@ -87,9 +110,9 @@ class Bottleneck(nn.Module):
     def __init__(self, cin: int, width: int, stride: int, shortcut: str, variant: str):
         super().__init__()
         s1, s2 = (stride, 1) if variant == 'v1' else (1, stride)
-        self.conv1, self.bn1 = _conv(cin, width, 1, s1), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = _conv(width, width, 3, s2), nn.BatchNorm2d(width)
-        self.conv3, self.bn3 = _conv(width, 4 * width, 1, 1), nn.BatchNorm2d(4 * width)
+        self.conv1, self.bn1 = _conv(cin, width, 1, s1), BatchNorm2d(width)
+        self.conv2, self.bn2 = _conv(width, width, 3, s2), BatchNorm2d(width)
+        self.conv3, self.bn3 = _conv(width, 4 * width, 1, 1), BatchNorm2d(4 * width)
         self.last_bn = self.bn3
         self.shortcut = Shortcut(cin, 4 * width, stride, shortcut)
 
@@ -103,12 +126,14 @@ class ResNet(nn.Module):
     """Stem, stages, global average pool, linear head: the JAX `ResNet` in torch.
 
     `bn_momentum` is Flax's (the weight of the old running average: 0.9 is torch's
-    momentum 0.1); `zero_init_residual` zeroes the last BN weight of each block.
+    momentum 0.1); `zero_init_residual` zeroes the last BN weight of each block;
+    `bn_group_size` normalises training batches in groups of that many examples.
     """
 
     def __init__(self, name: str, num_classes: int, variant: str = 'v1',
                  shortcut: str | None = None, *, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, zero_init_residual: bool = False):
+                 bn_epsilon: float = 1e-5, zero_init_residual: bool = False,
+                 bn_group_size: int = 0):
         super().__init__()
         spec = models.model_spec(name)
         if spec.plain:
@@ -118,10 +143,10 @@ class ResNet(nn.Module):
         width = spec.stage_widths[0]
         if spec.stem == 'imagenet':
             self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False),
-                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                                      BatchNorm2d(width), nn.ReLU(inplace=True),
                                       nn.MaxPool2d(3, 2, 1))
         else:
-            self.stem = nn.Sequential(_conv(3, width, 3, 1), nn.BatchNorm2d(width),
+            self.stem = nn.Sequential(_conv(3, width, 3, 1), BatchNorm2d(width),
                                       nn.ReLU(inplace=True))
         layers, cin = [], width
         for i, (size, w) in enumerate(zip(spec.stage_sizes, spec.stage_widths, strict=True)):
@@ -135,7 +160,7 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):  # models.he_normal: N(0, 2 / fan_out), untruncated
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
             elif isinstance(m, nn.BatchNorm2d):  # weight 1, bias 0 (torch's default too)
-                m.momentum, m.eps = 1.0 - bn_momentum, bn_epsilon
+                m.momentum, m.eps, m.group_size = 1.0 - bn_momentum, bn_epsilon, bn_group_size
             elif isinstance(m, (BasicBlock, Bottleneck)) and zero_init_residual:
                 nn.init.zeros_(m.last_bn.weight)
         lecun_normal_(self.head.weight)

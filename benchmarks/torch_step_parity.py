@@ -2,6 +2,7 @@
 batches, the same learning rates; do their train steps agree?
 
     python benchmarks/torch_step_parity.py [--config experiments/cifar10.py:resnet20] [--steps 30]
+        [--bn-group-size 64]
 
 `benchmarks/torch_cifar10.py` compares the two implementations by the accuracy of whole
 runs, which differ by their random numbers (initial weights, augmentation) as well. This
@@ -90,8 +91,13 @@ def main() -> None:
     parser.add_argument('--config', default='experiments/cifar10.py:resnet20')
     parser.add_argument('--steps', type=int, default=30)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--bn-group-size', type=int, default=None,
+                        help="model.bn_group_size (default: the config's)")
     args = parser.parse_args()
     config = configs.load_config(args.config)
+    if args.bn_group_size is not None:
+        with config.unlocked():
+            config.model.bn_group_size = args.bn_group_size
     if config.model.shortcut not in (None, 'A') or not config.model.name.startswith('cifar'):
         sys.exit(f'{args.config}: this check covers the CIFAR nets with option A shortcuts')
     rng = np.random.default_rng(args.seed)
@@ -117,7 +123,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch_model = torch_reference.ResNet(
         config.model.name, 10, config.model.variant, 'A', bn_momentum=config.model.bn_momentum,
-        bn_epsilon=config.model.bn_epsilon)
+        bn_epsilon=config.model.bn_epsilon, bn_group_size=config.model.bn_group_size)
     copy_into_torch(variables, torch_model)
     optimizer = torch_cifar10.make_optimizer(torch_model, config)
     torch_step = torch_reference.make_train_step(

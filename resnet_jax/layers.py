@@ -77,7 +77,8 @@ class BatchNormAddRelu(nn.BatchNorm):
     With `group_size` ("ghost" BatchNorm), training normalises each group of `group_size`
     consecutive examples of the batch by its own statistics, as if each group were on a
     device of its own (the paper's 128 images over two GPUs: groups of 64); the running
-    averages take the mean of the groups' statistics. Inference is unchanged.
+    averages take the mean of the groups' statistics. A batch of at most `group_size` is
+    one group. Inference is unchanged.
     """
 
     fused: FusedBatchNormAddRelu | None = None

@@ -79,9 +79,10 @@ def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: in
 
 
 def check_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Each device's share of the batch must split into whole BatchNorm groups."""
+    """Each device's share of the batch must split into whole BatchNorm groups (a share of
+    at most one group is normalised whole, as that one group)."""
     group, per_device = config.model.bn_group_size, config.batch_size // num_devices
-    if group and per_device % group:
+    if group and per_device > group and per_device % group:
         raise configs.ConfigError(
             f'model.bn_group_size={group} does not divide the {per_device} examples per '
             f'device (batch_size={config.batch_size} on {num_devices} devices)')
