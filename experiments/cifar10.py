@@ -16,7 +16,8 @@ by 10 at 32k and 48k iterations, stop at 64k; 4-pixel pad, random 32x32 crop and
 horizontal flip; per-pixel mean subtraction; He initialisation; BatchNorm, no dropout.
 BatchNorm normalises over the whole batch of 128 on one device; the paper's ran on two
 GPUs, 64 images each: `--config.model.bn_group_size=64` normalises in groups of 64 (ghost
-BatchNorm; whether it changes the result here is not measured yet).
+BatchNorm). On resnet20,short over 3 seeds that moved test top-1 by +0.38, +0.68 and
+-0.18 points, inside the seed-to-seed spread, so the default stays the whole batch.
 ResNet-110 warms up at lr 0.01 for its first 400 iterations. Train on all 50k training
 images, report the 10k test images (add --config.validation_examples=5000 for the
 paper's 45k/5k split, on which it chose this schedule).
