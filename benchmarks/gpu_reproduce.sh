@@ -59,6 +59,7 @@ else
   echo "torch is not installed: no PyTorch reference run" | tee "$out/torch_resnet20.log"
 fi
 
+# Each JAX run preallocates 0.9/PARALLEL of the GPU's memory; the last tenth holds torch's.
 echo "== Table 6: $models, $parallel at once, for at most $budget s =="
 start=$(date +%s)
 timeout --preserve-status -s TERM -k 120 "$budget" python3 -m resnet_jax.reproduce cifar10 --workdir "$work/table6" \
