@@ -42,7 +42,7 @@ class RunResult:
     train_error: float | None  # %, the last training record's
     wall_seconds: float | None  # summed over the attempts that reproduce made
     cpus: tuple[str, ...]  # the CPU model name of each attempt
-    sharing: int = 1  # the most runs of the study that trained at once during an attempt
+    runs_at_once: int = 1  # the most runs of the study that trained at once during an attempt
 
     @property
     def test_error(self) -> float | None:
@@ -75,7 +75,7 @@ def read_run(workdir: pathlib.Path, model: str, seed: int) -> RunResult:
         train_error=100 * (1 - train[-1]['train/accuracy']) if train else None,
         wall_seconds=sum(a['wall_seconds'] for a in attempts) if attempts else None,
         cpus=tuple(a['cpu'] for a in attempts),
-        sharing=max((a.get('runs_at_once', 1) for a in attempts), default=1))
+        runs_at_once=max((a.get('runs_at_once', 1) for a in attempts), default=1))
 
 
 def cpu_model_name() -> str:
@@ -179,9 +179,9 @@ def model_row(model: str, runs: Sequence[RunResult]) -> list[str]:
     walls = [r.wall_seconds for r in done if r.wall_seconds is not None]
     wall = (_duration(statistics.mean(walls)) + (' mean' if len(walls) > 1 else '')
             if walls else ('not recorded' if done else ''))
-    sharing = max((r.sharing for r in done), default=1)
-    if walls and sharing > 1:
-        wall += f' (up to {sharing} runs at once)'
+    runs_at_once = max((r.runs_at_once for r in done), default=1)
+    if walls and runs_at_once > 1:
+        wall += f' (up to {runs_at_once} runs at once)'
     data = _unique(f'{r.final.get("data") or r.config.get("data_dir") or r.config["dataset"]}'
                    f'; eval split: {r.final["split"]}' for r in done)
     return [model, params_cell, labels, steps, seeds, test, best, train, paper_cell, hardware,
