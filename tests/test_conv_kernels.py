@@ -10,9 +10,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax import lax
+from rounding import assert_equal_up_to_rounding
 from test_train import tiny_config
 
 from resnet_jax import backend, benchmark, configs, layers
@@ -51,10 +51,15 @@ def test_kernels_compute_what_lax_computes(shape, kernel_shape, stride):
                 dimension_numbers=NHWC)
     assert conv.covers(x, kernel, **args)
     want, got = _lax_and_kernel_vjps(x, kernel, **args)
-    for name, w, g in zip(('output', 'input grad', 'kernel grad'), want, got, strict=True):
+    height, width, inputs, outputs = kernel_shape
+    # The length of each dot product: a window of inputs, a window of output gradients,
+    # every output position of every image.
+    terms = (height * width * inputs, height * width * outputs,
+             want[0].size // outputs)
+    for name, w, g, n in zip(('output', 'input grad', 'kernel grad'), want, got, terms,
+                             strict=True):
         assert g.shape == w.shape, name
-        scale = float(jnp.max(jnp.abs(w)))
-        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * scale, err_msg=name)
+        assert_equal_up_to_rounding(g, w, terms=n, err_msg=name)
 
 
 @pytest.mark.parametrize('change', [
@@ -84,19 +89,24 @@ def test_train_step_with_the_kernels_is_the_xla_step():
     the kernels, with the convolution kernels only and with XLA's ops: the same losses over
     three steps (each after the previous update) and the same evaluation of the updated
     state."""
-    results = {}
+    results, config = {}, tiny_config(image_size=16)
+    # The longest sum of a step: a device's examples x the pixels of the input.
+    terms = config.batch_size // jax.device_count() * config.image_size**2
     for kernels in ('kernels', 'conv', 'xla'):
-        built = benchmark.build_steps(tiny_config(image_size=16, cpu_kernels=kernels))
+        config.cpu_kernels = kernels
+        built = benchmark.build_steps(config)
         compiled = built.train_compiled.as_text()
         assert ('resnet_conv2d_forward' in compiled) == (kernels in ('kernels', 'conv'))
         assert ('resnet_bn_grad_input' in compiled) == (kernels == 'kernels')
         losses = [float(jax.device_get(built.train(step))['loss']) for step in range(3)]
         results[kernels] = losses, jax.device_get(built.evaluate(0))
     for kernels in ('kernels', 'conv'):
-        np.testing.assert_allclose(results[kernels][0], results['xla'][0], rtol=1e-5)
+        for step, (got, want) in enumerate(zip(results[kernels][0], results['xla'][0],
+                                               strict=True)):
+            assert_equal_up_to_rounding(got, want, terms=terms, steps=step + 1)
         for got, want in zip(jax.tree.leaves(results[kernels][1]),
                              jax.tree.leaves(results['xla'][1]), strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+            assert_equal_up_to_rounding(got, want, terms=terms, steps=3)
 
 
 def test_cpu_kernels_setting_is_validated():
@@ -270,8 +280,9 @@ def test_pointwise_weight_gradient_matches_lax(shape, features):
     dy = jax.random.normal(jax.random.key(2), y.shape)
     assert 'ffi_call' in str(jax.make_jaxpr(lambda x, k: jax.vjp(
         lambda k: conv.dot_general(x, k, numbers), k)[1](dy))(x, kernel))
-    for got, want in zip((y, *vjp(dy)), (want_y, *want_vjp(dy)), strict=True):
-        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(jnp.abs(want).max()))
+    terms = (shape[-1], features, x.size // shape[-1])  # y, input grad, kernel grad
+    for got, want, n in zip((y, *vjp(dy)), (want_y, *want_vjp(dy)), terms, strict=True):
+        assert_equal_up_to_rounding(got, want, terms=n)
 
 
 def test_other_matrix_products_go_to_lax():

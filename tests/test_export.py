@@ -4,6 +4,7 @@ the live model's logits at several batch sizes (the batch dimension is symbolic)
 import jax
 import numpy as np
 from model_dirs import assert_one_line_error, cifar_model_dir, run_module
+from rounding import assert_equal_up_to_rounding
 
 
 def test_exported_file_reloads_and_matches_the_live_model(tmp_path):
@@ -20,7 +21,9 @@ def test_exported_file_reloads_and_matches_the_live_model(tmp_path):
         live = np.asarray(model.apply(variables, images, train=False))
         got = np.asarray(exported.call(images))
         assert got.shape == (batch, 10) and got.dtype == np.float32
-        np.testing.assert_allclose(got, live, rtol=0, atol=1e-5 * np.abs(live).max())
+        # Compiled for a symbolic batch, the same layers may sum in another order: the
+        # longest dot product is a 3x3 window of 64 channels, one sum per layer.
+        assert_equal_up_to_rounding(got, live, terms=3 * 3 * 64, steps=8)
 
 
 def test_export_of_a_missing_directory_is_one_line(tmp_path):

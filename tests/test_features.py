@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from model_dirs import random_variables
+from rounding import assert_equal_up_to_rounding
 
 from resnet_jax import features, models
 
@@ -20,10 +21,10 @@ def test_imagenet_net_gives_c2_to_c5_at_strides_4_to_32_and_the_pooled_features(
     assert {k: v.shape for k, v in out.items()} == {
         'stem': (2, 16, 16, 8), 'C2': (2, 16, 16, 32), 'C3': (2, 8, 8, 64),
         'C4': (2, 4, 4, 128), 'C5': (2, 2, 2, 256), 'pre_logits': (2, 256), 'logits': (2, 5)}
-    np.testing.assert_allclose(out['pre_logits'], out['C5'].mean(axis=(1, 2)), rtol=1e-6)
+    assert_equal_up_to_rounding(out['pre_logits'], out['C5'].mean(axis=(1, 2)), terms=2 * 2)
     head = variables['params']['head']
-    np.testing.assert_allclose(out['logits'], out['pre_logits'] @ head['kernel'] + head['bias'],
-                               rtol=1e-5, atol=1e-5)
+    assert_equal_up_to_rounding(out['logits'], out['pre_logits'] @ head['kernel'] + head['bias'],
+                                terms=256 + 1)
     np.testing.assert_array_equal(out['logits'], logits)
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from rounding import assert_equal_up_to_rounding
 from test_errors import assert_one_line_error
 
 from resnet_jax import layer_responses, models, plot, studies, study_results
@@ -219,12 +220,14 @@ def test_the_sown_response_is_bn_of_the_conv_output_before_add_and_relu():
     bn = {k: variables[k]['stage2_block1']['bn2'] for k in ('params', 'batch_stats')}
     manual = ((conv - bn['batch_stats']['mean']) / jnp.sqrt(bn['batch_stats']['var'] + 1e-5)
               * bn['params']['scale'] + bn['params']['bias'])
-    np.testing.assert_allclose(sown['stage2_block1/bn2'], manual, rtol=1e-5, atol=1e-5)
+    # Elementwise, a few roundings: normalise, scale, shift.
+    assert_equal_up_to_rounding(sown['stage2_block1/bn2'], manual, terms=4)
     # ... and its statistics over batches (the last one padded) are numpy's over all values.
     stats = layer_responses.response_statistics(
         model, variables, images, lambda x: x.astype(jnp.float32) / 255 - 0.5, batch_size=4)
     assert len(stats) == 1 + 6  # the stem, and 2 per block of n=1 blocks in 3 stages
-    np.testing.assert_allclose(stats['stage2_block1/bn2']['std'], np.std(manual), rtol=1e-4)
+    assert_equal_up_to_rounding(stats['stage2_block1/bn2']['std'], np.std(manual),
+                                terms=manual.size, steps=2)  # the mean, then the variance
 
 
 @pytest.mark.parametrize('args, expected', [
