@@ -1,26 +1,25 @@
 """Shared test fixtures. The whole suite runs on 2 simulated CPU devices."""
 
-import atexit
 import os
 import pathlib
-import shutil
-import tempfile
 
 # Before JAX is imported anywhere: data-parallel code paths run on 2 devices in every test.
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
 
-# One persistent compilation cache for the session, shared by this process, pytest-xdist's
-# workers and the subprocesses that inherit the environment: many tests compile the same
-# small train and eval steps, and a hit skips XLA's compile. Fresh each session, so no test
-# depends on what an earlier one left.
-if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-    _COMPILATION_CACHE = tempfile.mkdtemp(prefix='resnet_jax_tests_compilation_')
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
-    os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
-    atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+# One persistent compilation cache, shared by this process, pytest-xdist's workers and the
+# subprocesses that inherit the environment, and kept between sessions as the main job
+# keeps its own (~/.cache/resnet_jax/jax_compilation): many tests compile the same small
+# train and eval steps, and a hit skips XLA's compile. The cache is keyed by the program,
+# the compiler options and the versions, so a hit is the same executable a compile gives;
+# a clean machine (CI) starts empty.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(
+    pathlib.Path(os.environ.get('XDG_CACHE_HOME', pathlib.Path.home() / '.cache'))
+    / 'resnet_jax' / 'test_compilation'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pytest  # noqa: E402
+import tiny_config as tiny_config_file  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -37,3 +36,16 @@ def cifar10_dir() -> pathlib.Path:
         pytest.skip(f'real CIFAR-10 not found at {path} (set RESNET_JAX_CIFAR10_DIR to an '
                     'image folder with train/ and test/)')
     return path
+
+
+
+@pytest.fixture
+def tiny_config():
+    """The suite's tiny run (tests/tiny_config.py) with overrides: tiny_config(total_steps=8)."""
+    return tiny_config_file.get_config
+
+
+@pytest.fixture(scope='session')
+def tiny_config_path() -> str:
+    """tests/tiny_config.py, for `--config` of a command or benchmark.load_config."""
+    return str(pathlib.Path(tiny_config_file.__file__))

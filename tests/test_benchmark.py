@@ -15,32 +15,10 @@ from resnet_jax import benchmark
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-TINY_CONFIG = '''
-from resnet_jax import configs
-
-
-def get_config():
-    config = configs.get_base_config()
-    config.dataset = 'synthetic'
-    config.image_size = 8
-    config.num_classes = 3
-    config.model.name = 'cifar_resnet8'
-    config.batch_size = 4
-    config.total_steps = 10
-    return config
-'''
-
-
-@pytest.fixture(scope='module')
-def tiny_config(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp('configs') / 'tiny.py'
-    path.write_text(TINY_CONFIG)
-    return str(path)
-
-
-def test_prints_every_figure_and_writes_json(tiny_config, tmp_path, capsys):
+@pytest.mark.slow
+def test_prints_every_figure_and_writes_json(tiny_config_path, tmp_path, capsys):
     out = tmp_path / 'result.json'
-    argv = ['--config', tiny_config, '--batch-size', '6', '--steps', '2', '--repeats', '2',
+    argv = ['--config', tiny_config_path, '--batch-size', '6', '--steps', '2', '--repeats', '2',
             '--warmup', '1', '--json', str(out)]
     assert benchmark.main(argv) == 0
     text = capsys.readouterr().out
@@ -59,8 +37,9 @@ def test_prints_every_figure_and_writes_json(tiny_config, tmp_path, capsys):
     assert result['train_compile_s'] > 0
 
 
-def test_dtype_override_and_datasheet_peak(tiny_config, capsys):
-    argv = ['--config', tiny_config, '--dtype', 'bfloat16', '--steps', '1', '--repeats', '1',
+@pytest.mark.slow
+def test_dtype_override_and_datasheet_peak(tiny_config_path, capsys):
+    argv = ['--config', tiny_config_path, '--dtype', 'bfloat16', '--steps', '1', '--repeats', '1',
             '--warmup', '0', '--peak-tflops', '2.5']
     assert benchmark.main(argv) == 0
     text = capsys.readouterr().out
@@ -68,9 +47,9 @@ def test_dtype_override_and_datasheet_peak(tiny_config, capsys):
     assert '2.500 TFLOP/s per device (--peak-tflops)' in text
 
 
-def test_a_batch_that_does_not_split_over_the_devices_is_a_usage_error(tiny_config, capsys):
+def test_a_batch_that_does_not_split_over_the_devices_is_a_usage_error(tiny_config_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(['--config', tiny_config, '--batch-size', '3'])
+        benchmark.main(['--config', tiny_config_path, '--batch-size', '3'])
     assert exit_info.value.code == 2
     assert 'batch_size=3' in capsys.readouterr().err
 
@@ -107,12 +86,13 @@ def test_torch_reference_matches_the_jax_models():
     assert torch.isfinite(loss)
 
 
-def test_side_by_side_runner(tiny_config, tmp_path):
+@pytest.mark.slow
+def test_side_by_side_runner(tiny_config_path, tmp_path):
     """The runner drives worker processes and prints a median per contender."""
     contenders = 'jax,torch' if _has_torch() else 'jax'
     out = tmp_path / 'side_by_side.json'
     cmd = [sys.executable, str(REPO / 'benchmarks' / 'cpu_vs_torch.py'), '--case',
-           f'{tiny_config}@4', '--contenders', contenders, '--steps', '1', '--repeats', '2',
+           f'{tiny_config_path}@4', '--contenders', contenders, '--steps', '1', '--repeats', '2',
            '--json', str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -130,6 +110,7 @@ def _has_torch() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_small_on_a_cpu(tmp_path):
     """benchmarks/gpu_benchmark.sh with SMALL=1: every JAX case of the GPU run, shrunk, on
     the CPU, each writing its figures (the script runs on a GPU only when one is at hand)."""

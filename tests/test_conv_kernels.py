@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 from rounding import assert_equal_up_to_rounding
-from test_train import tiny_config
 
 from resnet_jax import backend, benchmark, configs, layers
 from resnet_jax.cpu.kernels import batchnorm, conv, native, pooling
@@ -31,16 +30,19 @@ def _lax_and_kernel_vjps(x, kernel, **conv_args):
     return results
 
 
+SLOW = pytest.mark.slow  # the fast tier keeps one case of each kind
+
+
 @pytest.mark.parametrize('shape, kernel_shape, stride', [
     ((4, 9, 11, 16), (3, 3, 16, 32), 1),    # odd sizes: partly filled column blocks
-    ((3, 7, 7, 32), (5, 5, 32, 16), 1),
-    ((5, 8, 8, 64), (3, 3, 64, 64), 1),     # two vectors of outputs per tile
-    ((2, 6, 13, 16), (1, 1, 16, 48), 1),
+    pytest.param((3, 7, 7, 32), (5, 5, 32, 16), 1, marks=SLOW),
+    pytest.param((5, 8, 8, 64), (3, 3, 64, 64), 1, marks=SLOW),  # two vectors per tile
+    pytest.param((2, 6, 13, 16), (1, 1, 16, 48), 1, marks=SLOW),
     ((4, 32, 32, 3), (3, 3, 3, 16), 1),     # the CIFAR stem
-    ((2, 33, 30, 3), (7, 7, 3, 64), 2),     # the ImageNet stem, odd input side
+    pytest.param((2, 33, 30, 3), (7, 7, 3, 64), 2, marks=SLOW),  # ImageNet stem, odd side
     ((3, 16, 16, 16), (3, 3, 16, 32), 2),   # a stage's first, strided convolution
-    ((3, 15, 9, 32), (3, 3, 32, 64), 2),
-    ((2, 12, 12, 5), (3, 3, 5, 16), 3),
+    pytest.param((3, 15, 9, 32), (3, 3, 32, 64), 2, marks=SLOW),
+    pytest.param((2, 12, 12, 5), (3, 3, 5, 16), 3, marks=SLOW),
 ])
 def test_kernels_compute_what_lax_computes(shape, kernel_shape, stride):
     keys = jax.random.split(jax.random.key(0))
@@ -84,7 +86,8 @@ def test_what_the_kernels_do_not_cover_goes_to_lax(change):
     assert 'ffi_call' not in jaxpr and 'conv_general_dilated' in jaxpr
 
 
-def test_train_step_with_the_kernels_is_the_xla_step():
+@pytest.mark.slow
+def test_train_step_with_the_kernels_is_the_xla_step(tiny_config):
     """The whole data-parallel step (shard_map over the CPU devices, barriers, BN) with all
     the kernels, with the convolution kernels only and with XLA's ops: the same losses over
     three steps (each after the previous update) and the same evaluation of the updated
@@ -166,24 +169,40 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, **env})
 
 
-def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path):
-    cache = str(tmp_path / 'cache')
-    code = ('from resnet_jax.cpu.kernels import native; native.load(); '
+# A stand-in for the C++ compiler: it answers --version and "compiles" by copying the
+# library this session built, so that the rebuild below costs no real compile.
+COPYING_COMPILER = """#!/bin/sh
+[ "$1" = --version ] && {{ echo copying-compiler 1; exit 0; }}
+while [ $# -gt 1 ]; do [ "$1" = -o ] && exec cp {library} "$2"; shift; done
+exit 1
+"""
+
+
+def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path, monkeypatch):
+    native.load()
+    compiler = tmp_path / 'c++'
+    compiler.write_text(COPYING_COMPILER.format(library=native.library_path()))
+    compiler.chmod(0o755)
+    monkeypatch.setenv('CXX', str(compiler))
+    monkeypatch.setenv('RESNET_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
+    code = ('from resnet_jax.cpu.kernels import native; print(native.load()); '
             'print(native.library_path())')
-    first = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
+    first = _run(code)
     assert first.returncode == 0, first.stderr
-    library = first.stdout.strip().splitlines()[-1]
+    isa, library = first.stdout.strip().splitlines()[-2:]
+    assert isa in native.ISAS
     built_at = os.stat(library).st_mtime_ns
     time.sleep(0.05)
-    again = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
+    again = _run(code)
     assert again.returncode == 0, again.stderr
     assert os.stat(library).st_mtime_ns == built_at  # loaded, not rebuilt
 
     with open(library, 'wb') as f:  # a truncated file, as a full disk might leave
         f.write(b'\x7fELF')
-    rebuilt = _run(code, RESNET_JAX_KERNEL_CACHE=cache)
+    rebuilt = _run(code)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert os.path.getsize(library) > 1000
+    assert rebuilt.stdout.strip().splitlines()[-2] == isa
 
 
 def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
@@ -234,6 +253,7 @@ print('done')
 '''
 
 
+@pytest.mark.slow
 def test_concurrent_kernel_calls_do_not_wait_for_each_other():
     """Each call offers work to XLA's thread pool and must finish when every pool thread is
     busy with another operation (XLA runs independent ones side by side): it then does the
@@ -260,6 +280,7 @@ print(all(bool((grad(x, kernel) == first).all()) for _ in range(30)))
 '''
 
 
+@pytest.mark.slow
 def test_weight_gradient_repeats_bit_for_bit():
     """The per-thread partial sums are over fixed chunks of images, added in a fixed order:
     a run resumed from a checkpoint must repeat the uninterrupted one exactly."""

@@ -100,6 +100,7 @@ def test_the_paper_architecture_is_refused_for_torchvision_weights():
         torchvision_weights.to_variables({}, model)
 
 
+@pytest.mark.slow
 def test_convert_writes_a_model_directory_that_loads(tmp_path):
     state_dict = torchvision_state_dict('resnet18', num_classes=7)
     file = tmp_path / 'r18.safetensors'

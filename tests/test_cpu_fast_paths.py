@@ -13,21 +13,7 @@ from rounding import BFLOAT16_ROUNDOFF, FLOAT32_ROUNDOFF, assert_equal_up_to_rou
 from resnet_jax import benchmark, layers, models, parallel
 from resnet_jax.cpu import compiler
 
-TINY_PROJECTION = '''
-from resnet_jax import configs
-
-
-def get_config():
-    config = configs.get_base_config()
-    config.dataset = 'synthetic'
-    config.image_size = 8
-    config.num_classes = 5
-    config.model.name = 'cifar_resnet8'
-    config.model.shortcut = 'B'  # strided 1x1 projections: 1x1 layers.Conv in the step
-    config.batch_size = 4
-    config.total_steps = 10
-    return config
-'''
+PROJECTIONS = {'model.shortcut': 'B'}  # strided 1x1 projections: 1x1 layers.Conv in the step
 
 
 @pytest.mark.parametrize('stride', [1, 2])
@@ -58,10 +44,9 @@ def test_pointwise_conv_is_the_1x1_conv(stride, dtype):
         assert_equal_up_to_rounding(g, w, **rounding)
 
 
-def test_cpu_train_step_keeps_its_barriers_and_its_results(tmp_path, monkeypatch):
-    path = tmp_path / 'tiny_projection.py'
-    path.write_text(TINY_PROJECTION)
-    config = benchmark.load_config(str(path))
+@pytest.mark.slow
+def test_cpu_train_step_keeps_its_barriers_and_its_results(tiny_config, monkeypatch):
+    config = tiny_config(**PROJECTIONS)
 
     fast = benchmark.build_steps(config)
     assert 'opt-barrier' in fast.train_compiled.as_text()
@@ -93,10 +78,9 @@ def _ynn_fused_opcodes(hlo_text: str) -> set[str]:
     return set().union(*(bodies[c] for c in called))
 
 
-def test_cpu_train_step_keeps_convolutions_out_of_ynnpack(tmp_path, monkeypatch):
-    path = tmp_path / 'tiny_projection.py'
-    path.write_text(TINY_PROJECTION)
-    config = benchmark.load_config(str(path))
+@pytest.mark.slow
+def test_cpu_train_step_keeps_convolutions_out_of_ynnpack(tiny_config, monkeypatch):
+    config = tiny_config(**PROJECTIONS)
     config.cpu_kernels = 'xla'  # (the default computes these in resnet_jax.cpu.kernels)
 
     hlo = benchmark.build_steps(config).train_compiled.as_text()

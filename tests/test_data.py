@@ -82,6 +82,7 @@ def cifar10(cifar10_dir, cifar10_cache_dir):
         return arrays.load_dataset('cifar10', str(cifar10_dir))
 
 
+@pytest.mark.slow
 def test_cifar10_shapes_labels_and_class_order(cifar10, cifar10_dir):
     assert cifar10.train_images.shape == (NUM_CIFAR_TRAIN, 32, 32, 3)
     assert cifar10.eval_images.shape == (NUM_CIFAR_TEST, 32, 32, 3)
@@ -102,6 +103,7 @@ def test_cifar10_shapes_labels_and_class_order(cifar10, cifar10_dir):
     np.testing.assert_array_equal(cifar10.eval_images[-1], last_truck)
 
 
+@pytest.mark.slow
 def test_cifar10_cache_round_trip(cifar10, cifar10_dir, cifar10_cache_dir, monkeypatch):
     cached = list(cifar10_cache_dir.glob('*.npz'))
     assert len(cached) == 1, 'the first load should have written one cache file'
@@ -115,6 +117,7 @@ def test_cifar10_cache_round_trip(cifar10, cifar10_dir, cifar10_cache_dir, monke
     assert again.source == cifar10.source
 
 
+@pytest.mark.slow
 def test_cifar10_validation_split_is_fixed_and_disjoint(cifar10, cifar10_dir, cifar10_cache_dir,
                                                         monkeypatch):
     monkeypatch.setenv(arrays.CACHE_DIR_ENV, str(cifar10_cache_dir))

@@ -65,6 +65,7 @@ def test_main_a_missing_package_is_named_with_the_install_command(tmp_path):
     assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
+@pytest.mark.slow
 def test_main_a_missing_imagenet_is_the_prepare_message(tmp_path):
     pytest.importorskip('tensorflow_datasets')
     result = main('--config', 'experiments/r101.py', '--workdir', str(tmp_path / 'run'),
@@ -111,6 +112,7 @@ def test_main_an_undecodable_image_in_memory_names_the_file(tmp_path):
     assert_one_line_error(result, f'DataError: cannot decode image {folder}/train/b/broken.jpg: ')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('broken', ['train/b/broken.jpg', 'test/a/broken.jpg'])
 def test_main_an_undecodable_image_streamed_names_the_file(tmp_path, broken):
     pytest.importorskip('tensorflow')
@@ -139,6 +141,7 @@ def test_main_an_undecodable_image_streamed_names_the_file(tmp_path, broken):
      'error: --json /no/such/dir/out.json: the folder /no/such/dir does not exist'),
 ], ids=['summary model', 'summary config', 'summary flag', 'benchmark config',
         'benchmark flag', 'benchmark json'])
+@pytest.mark.slow
 def test_summary_and_benchmark_bad_input_is_a_usage_error(module, args, expected):
     result = run([sys.executable, '-m', f'resnet_jax.{module}', *args])
     assert_one_line_error(result, expected, returncode=2)

@@ -3,10 +3,12 @@ the live model's logits at several batch sizes (the batch dimension is symbolic)
 
 import jax
 import numpy as np
+import pytest
 from model_dirs import assert_one_line_error, cifar_model_dir, run_module
 from rounding import assert_equal_up_to_rounding
 
 
+@pytest.mark.slow
 def test_exported_file_reloads_and_matches_the_live_model(tmp_path):
     model, variables = cifar_model_dir(tmp_path / 'model')
     out = tmp_path / 'model.jax_export'

@@ -19,17 +19,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_train import tiny_config
 
 from resnet_jax import checkpoint, preemption, train, workdir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOTAL = 12
 COMMAND = [
-    sys.executable, '-m', 'resnet_jax.main', '--config', 'experiments/smoke.py',
-    '--config.model.name=cifar_resnet8', '--config.image_size=8',
-    '--config.synthetic.num_train_examples=64', '--config.synthetic.num_eval_examples=16',
-    '--config.batch_size=8', '--config.eval_batch_size=8', f'--config.total_steps={TOTAL}',
+    sys.executable, '-m', 'resnet_jax.main', '--config', 'tests/tiny_config.py',
+    '--config.synthetic.num_eval_examples=16', f'--config.total_steps={TOTAL}',
     '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
     '--config.eval_every_steps=6',
 ]
@@ -83,6 +80,7 @@ def assert_same_final_state(workdir, reference):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_a_run_never_stopped(tmp_path, uninterrupted):
     killed = start_and_signal(tmp_path, at_step=8, signum=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
@@ -113,6 +111,7 @@ def streaming_command(data_dir) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_a_run_never_stopped_when_streaming(tmp_path):
     pytest.importorskip('tensorflow')
     from test_streaming import write_folder
@@ -134,6 +133,7 @@ def test_sigkill_then_rerun_equals_a_run_never_stopped_when_streaming(tmp_path):
         (uninterrupted_run / 'final_eval.json').read_text())
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupted):
     stopped = start_and_signal(tmp_path, at_step=4, signum=signal.SIGTERM)
     assert stopped.returncode == preemption.PREEMPTED_EXIT_CODE, stopped.stderr[-2000:]
@@ -146,6 +146,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, uninterrupte
     assert_same_final_state(tmp_path, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigterm_while_it_compiles_stops_after_the_first_step(tmp_path):
     stopped = start_and_signal(tmp_path, None, signal.SIGTERM, at_line='Data: ')
     assert stopped.returncode == preemption.PREEMPTED_EXIT_CODE, stopped.stderr[-2000:]
@@ -158,7 +159,9 @@ def _checkpoint_files(path, step):
             if p.is_file() and '/d/' in str(p)]
 
 
-def test_unreadable_checkpoints_are_set_aside_and_the_newest_good_one_is_used(tmp_path):
+@pytest.mark.slow
+def test_unreadable_checkpoints_are_set_aside_and_the_newest_good_one_is_used(tiny_config,
+                                                                              tmp_path):
     straight = tmp_path / 'straight'
     train.train_and_evaluate(tiny_config(total_steps=8), str(straight))
 
@@ -189,7 +192,7 @@ def test_unreadable_checkpoints_are_set_aside_and_the_newest_good_one_is_used(tm
     ({'num_classes': 5}, ['num_classes: checkpoint 10, this run 5', 'params/head/kernel']),
     ({'model.name': 'cifar_plain20'}, ["model.name: checkpoint 'cifar_resnet8'"]),
 ])
-def test_a_checkpoint_of_another_run_is_a_clear_error_and_nothing_changes(
+def test_a_checkpoint_of_another_run_is_a_clear_error_and_nothing_changes(tiny_config,
         tmp_path, overrides, expected):
     train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
     before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns)
@@ -203,14 +206,15 @@ def test_a_checkpoint_of_another_run_is_a_clear_error_and_nothing_changes(
     assert after == before
 
 
-def test_a_longer_schedule_is_a_safe_change_on_resume(tmp_path):
+@pytest.mark.slow
+def test_a_longer_schedule_is_a_safe_change_on_resume(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
     train.train_and_evaluate(tiny_config(total_steps=4, **{'schedule.boundaries': (3,)}),
                              str(tmp_path))
     assert logged_train_steps(tmp_path) == [2, 4]
 
 
-def test_a_full_disk_is_found_before_compiling(tmp_path, monkeypatch):
+def test_a_full_disk_is_found_before_compiling(tiny_config, tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(workdir.shutil, 'disk_usage',
                         lambda path: usage._replace(free=1 << 20))
@@ -236,7 +240,8 @@ def test_a_read_only_workdir_is_an_error(tmp_path):
         tmp_path.chmod(0o700)
 
 
-def test_non_finite_steps_can_be_skipped(tmp_path):
+@pytest.mark.slow
+def test_non_finite_steps_can_be_skipped(tiny_config, tmp_path):
     config = tiny_config(total_steps=6, skip_nonfinite_steps=True, log_every_steps=1)
     config.schedule.base_lr = 1e30
     train.train_and_evaluate(config, str(tmp_path))
@@ -248,7 +253,7 @@ def test_non_finite_steps_can_be_skipped(tmp_path):
         assert np.all(np.isfinite(leaf))
 
 
-def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_run_stops(tmp_path):
+def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_run_stops(tiny_config, tmp_path):
     train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
     for file in _checkpoint_files(tmp_path, 2):
         file.write_bytes(b'')
@@ -258,7 +263,7 @@ def test_when_no_checkpoint_can_be_read_nothing_is_moved_and_the_run_stops(tmp_p
     assert not (tmp_path / 'checkpoints_unreadable').exists()
 
 
-def test_relative_and_home_workdirs_are_resolved_at_the_start(tmp_path, monkeypatch):
+def test_relative_and_home_workdirs_are_resolved_at_the_start(tiny_config, tmp_path, monkeypatch):
     home, cwd = tmp_path / 'home', tmp_path / 'cwd'
     home.mkdir()
     cwd.mkdir()

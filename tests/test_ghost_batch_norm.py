@@ -38,6 +38,7 @@ def test_each_group_is_normalised_as_a_batch_of_its_own():
     assert not np.allclose(y, whole, atol=1e-3)  # and it is not the whole batch's statistic
 
 
+@pytest.mark.slow
 def test_a_model_with_groups_differs_in_training_only():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 8, 8, 3)), jnp.float32)
     grouped = create_model('cifar_resnet8', num_classes=10, bn_group_size=2)

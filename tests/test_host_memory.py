@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 FAULTS_PER_CALL = '''
 import resource, sys
 from resnet_jax.cpu import host_memory
@@ -32,6 +34,7 @@ def _python(code: str, *args: str, **env: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_kept_memory_is_not_faulted_in_again_at_every_step():
     default = float(_python(FAULTS_PER_CALL, 'default'))
     kept = float(_python(FAULTS_PER_CALL, 'keep'))

@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO / 'benchmarks'))
 import host_pipeline  # noqa: E402
 
 
+@pytest.mark.slow
 def test_every_mode_reports_positive_rates(tmp_path, capsys):
     out = tmp_path / 'host.json'
     results = host_pipeline.main([

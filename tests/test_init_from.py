@@ -84,6 +84,7 @@ SMOKE = ['--config', 'experiments/smoke.py', '--config.model.name=cifar_resnet8'
          '--config.checkpoint_every_steps=2', '--config.log_every_steps=1']
 
 
+@pytest.mark.slow
 def test_a_run_starts_from_the_checkpoint_with_a_new_head_and_frozen_stem(tmp_path):
     _, source = cifar_model_dir(tmp_path / 'source')
     result = run_module('resnet_jax.main', *SMOKE, '--workdir', str(tmp_path / 'run'),
@@ -103,6 +104,7 @@ def test_a_run_starts_from_the_checkpoint_with_a_new_head_and_frozen_stem(tmp_pa
     assert variables['params']['head']['kernel'].shape == (64, 3)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_one_line_before_compiling(tmp_path):
     cifar_model_dir(tmp_path / 'source', name='cifar_resnet20')
     result = run_module('resnet_jax.main', *SMOKE, '--workdir', str(tmp_path / 'run'),

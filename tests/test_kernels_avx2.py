@@ -26,6 +26,7 @@ def _cpu_flags() -> set[str]:
 @pytest.mark.skipif(not {'avx2', 'fma'} <= _cpu_flags(), reason='this CPU cannot run AVX2 code')
 @pytest.mark.skipif('avx512f' not in _cpu_flags(),
                     reason='no AVX-512 here: the native build is the AVX2 one, tested already')
+@pytest.mark.slow
 def test_kernel_tests_pass_on_an_avx2_build(tmp_path):
     env = {**os.environ, 'RESNET_JAX_KERNEL_MARCH': 'x86-64-v3',
            'RESNET_JAX_KERNEL_CACHE': str(tmp_path / 'kernels')}

@@ -22,6 +22,7 @@ def run_main(*args, timeout=240):
         text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_main_job_end_to_end_with_overrides(tmp_path):
     result = run_main(
         '--config', 'experiments/smoke.py', '--workdir', str(tmp_path),
@@ -36,6 +37,7 @@ def test_main_job_end_to_end_with_overrides(tmp_path):
     assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4']
 
 
+@pytest.mark.slow
 def test_the_persistent_compilation_cache_is_written(tmp_path):
     cache = tmp_path / 'cache'
     result = run_main(
@@ -115,6 +117,7 @@ def test_imagenet_experiments_validate_as_streamed(name):
     configs.validate_config(config)
 
 
+@pytest.mark.slow
 def test_cpu_devices_splits_the_cpu(tmp_path):
     result = run_main(
         '--config', 'experiments/smoke.py', '--workdir', str(tmp_path), '--cpu_devices=3',

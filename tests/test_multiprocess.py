@@ -32,13 +32,7 @@ DEVICES = 4  # 1 process x 4 devices, or 2 processes x 2
 
 # CIFAR ResNet-8 on 8x8 synthetic images, 4 steps; 30 eval examples in batches of 8 make
 # a padded last batch, so the exact evaluation is checked across processes as well.
-TINY_RUN = [
-    '--config', 'experiments/smoke.py', '--config.model.name=cifar_resnet8',
-    '--config.image_size=8', '--config.synthetic.num_train_examples=64',
-    '--config.synthetic.num_eval_examples=30', '--config.batch_size=8',
-    '--config.eval_batch_size=8', '--config.total_steps=4', '--config.log_every_steps=2',
-    '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
-]
+TINY_RUN = ['--config', 'tests/tiny_config.py', '--config.eval_every_steps=2']
 TINY_TERMS = 8 // DEVICES * 8 * 8  # the longest sum of a step: a device's examples x pixels
 
 
@@ -156,6 +150,7 @@ def _assert_same_results(single: pathlib.Path, multi: pathlib.Path, final_step: 
     assert not list(multi.glob('.write_test_*'))
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(runs):
     """Equal to float32 rounding (tests/rounding.py): the cross-device mean of the
     gradients is summed in another order by gloo (2 processes) than by XLA's in-process
@@ -171,6 +166,7 @@ def test_two_processes_train_as_one(runs):
     _assert_params_close(single, multi, terms=TINY_TERMS)
 
 
+@pytest.mark.slow
 def test_two_processes_write_metrics_and_results_once(runs):
     single, multi, logs = runs
     assert 'Process 0 of 2' in logs[1] and 'Process 1 of 2' in logs[2]
@@ -230,6 +226,7 @@ def streaming_runs(tmp_path_factory):
     return single, multi, logs
 
 
+@pytest.mark.slow
 def test_two_processes_stream_and_evaluate_as_one(streaming_runs):
     """Each process reads its columns of the same global batches, with the same crops;
     each evaluates its share of the split on its own devices, in every mode."""
@@ -305,6 +302,7 @@ def _assert_stopped_at_one_step(workdir: pathlib.Path, started: list[subprocess.
     return saved[0]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_the_job_at_one_step_and_it_resumes(tmp_path):
     """SIGTERM to process 1 only (process 0 hosts the coordinator): JAX's preemption
     notifier tells both, both save the step they agreed on and exit 143; the rerun
@@ -330,6 +328,7 @@ def test_sigterm_to_one_process_stops_the_job_at_one_step_and_it_resumes(tmp_pat
         (reference / 'final_eval.json').read_text())
 
 
+@pytest.mark.slow
 def test_sigterm_to_every_process_stops_the_job_at_one_step(tmp_path):
     """As a scheduler does (scancel, a time limit): each process gets the signal at its
     own point of its loop, and still all save the same step."""

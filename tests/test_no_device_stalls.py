@@ -46,6 +46,7 @@ print('evaluated', final['top1_accuracy'])
 '''
 
 
+@pytest.mark.slow
 def test_slow_kernels_on_two_devices_finish(tmp_path):
     env = {**os.environ,
            'RESNET_JAX_KERNEL_CACHE': str(tmp_path / 'kernels'),

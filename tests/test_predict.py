@@ -4,6 +4,7 @@ evaluation preprocessing, and an unreadable image named while the others are pre
 import re
 
 import numpy as np
+import pytest
 from model_dirs import assert_one_line_error, cifar_model_dir, imagenet_model_dir, run_module
 from PIL import Image
 
@@ -23,6 +24,7 @@ def predictions(stdout: str) -> dict[str, list[tuple[float, str]]]:
     return result
 
 
+@pytest.mark.slow
 def test_imagenet_model_predicts_with_names_and_names_a_broken_image(tmp_path):
     model, variables = imagenet_model_dir(tmp_path / 'model', 'resnet18')
     rng = np.random.default_rng(0)

@@ -76,6 +76,7 @@ def table_rows(markdown: str) -> dict[str, dict[str, str]]:
     return {row['model']: row for row in rows}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_study_and_the_same_command_resumes_it(study):
     returncode, stderr = study['stopped']
     assert returncode == 143, stderr[-3000:]
@@ -94,6 +95,7 @@ def test_sigterm_stops_the_study_and_the_same_command_resumes_it(study):
     assert [a['runs_at_once'] for a in (*attempts, *second['attempts'])] == [1, 2, 2]
 
 
+@pytest.mark.slow
 def test_a_finished_study_is_not_trained_again(study):
     again = study['again']
     assert again.returncode == 0, again.stderr[-3000:]
@@ -102,6 +104,7 @@ def test_a_finished_study_is_not_trained_again(study):
     assert {p: p.stat().st_mtime_ns for p in study['mtimes']} == study['mtimes']
 
 
+@pytest.mark.slow
 def test_results_md_has_a_row_per_model_and_never_calls_a_short_run_paper(study):
     rows = table_rows((study['dir'] / 'results.md').read_text())
     assert list(rows) == ['resnet20', 'plain20']
@@ -185,6 +188,26 @@ def test_parallel_runs_share_the_gpu_memory_unless_told_otherwise(monkeypatch):
     assert 'XLA_PYTHON_CLIENT_MEM_FRACTION' not in reproduce_module.run_environment(4)
 
 
+def _logged_run(workdir: pathlib.Path, model: str) -> str:
+    """A workdir as a run leaves it for plotting: config.json and metrics.jsonl."""
+    workdir.mkdir()
+    (workdir / 'config.json').write_text(json.dumps({'model': {'name': model}}))
+    records = [{'step': s, 'train/accuracy': 0.1 + s / 100, 'test/top1_accuracy': s / 120}
+               for s in (10, 20, 30)]
+    (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    return str(workdir)
+
+
+def test_plot_draws_the_curves_of_logged_runs(tmp_path):
+    workdirs = [_logged_run(tmp_path / m, m) for m in ('cifar_resnet20', 'cifar_plain20')]
+    assert plot.main([*workdirs, '-o', str(tmp_path / 'curves.png')]) == 0
+    assert (tmp_path / 'curves.png').read_bytes()[:4] == b'\x89PNG'
+    plain = plot.curves(pathlib.Path(workdirs[1]))
+    assert (plain['family'], plain['label'], plain['split']) == ('plain', 'plain-20', 'test')
+    assert plain['test'][0] == [10, 20, 30]
+
+
+@pytest.mark.slow
 def test_plot_writes_a_png_from_two_workdirs(study, tmp_path):
     workdirs = [str(study['dir'] / f'{m}_short_seed0') for m in ('resnet20', 'plain20')]
     assert plot.main([*workdirs, '-o', str(tmp_path / 'curves.png')]) == 0
@@ -192,6 +215,7 @@ def test_plot_writes_a_png_from_two_workdirs(study, tmp_path):
     assert plot.curves(pathlib.Path(workdirs[1]))['family'] == 'plain'
 
 
+@pytest.mark.slow
 def test_layer_responses_one_std_per_3x3_layer_of_the_blocks(study, tmp_path):
     workdirs = [str(study['dir'] / f'{m}_short_seed0') for m in ('resnet20', 'plain20')]
     out = tmp_path / 'figure7.json'
@@ -252,6 +276,7 @@ def test_a_bad_study_is_one_line_before_any_run(args, expected, tmp_path):
     assert not (tmp_path / 'study').exists()
 
 
+@pytest.mark.slow
 def test_a_workdir_of_another_config_is_one_line(study):
     result = subprocess.run([*study_command(study['dir']), '--config.pad_pixels=2'], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
@@ -260,6 +285,7 @@ def test_a_workdir_of_another_config_is_one_line(study):
                           returncode=2)
 
 
+@pytest.mark.slow
 def test_plot_and_layer_responses_name_a_workdir_without_a_run(tmp_path):
     for module in ('resnet_jax.plot', 'resnet_jax.layer_responses'):
         result = subprocess.run([sys.executable, '-m', module, str(tmp_path), '-o',

@@ -15,7 +15,6 @@ import types
 
 import jax
 import pytest
-from test_train import tiny_config
 
 from resnet_jax import preemption, steps, train
 
@@ -57,7 +56,8 @@ class SlowSteps:
         monkeypatch.setattr(steps, 'make_train_step', make_train_step)
 
 
-def test_sigterm_stops_within_two_steps_whatever_log_every_steps_is(tmp_path, monkeypatch):
+def test_sigterm_stops_within_two_steps_whatever_log_every_steps_is(tiny_config, tmp_path,
+                                                                    monkeypatch):
     slow = SlowSteps(monkeypatch)
     config = tiny_config(total_steps=60, log_every_steps=1000, checkpoint_every_steps=1000,
                          log_every_seconds=0.0)
@@ -80,7 +80,8 @@ def test_sigterm_stops_within_two_steps_whatever_log_every_steps_is(tmp_path, mo
     assert elapsed < 2 * DELAY + 5, elapsed  # two steps and a save, with room for a busy CPU
 
 
-def test_progress_lines_come_after_the_first_step_and_every_log_every_seconds(
+@pytest.mark.slow
+def test_progress_lines_come_after_the_first_step_and_every_log_every_seconds(tiny_config,
         tmp_path, monkeypatch, caplog):
     SlowSteps(monkeypatch)
     config = tiny_config(total_steps=8, log_every_steps=1000, checkpoint_every_steps=1000,

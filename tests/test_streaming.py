@@ -226,6 +226,7 @@ def final_state(workdir, step):
         workdir / 'checkpoints' / str(step) / 'state'))
 
 
+@pytest.mark.slow
 def test_streaming_training_resumes_exactly_and_evaluates_in_every_mode(folder, tmp_path):
     import json
     import shutil
@@ -254,6 +255,7 @@ def test_streaming_training_resumes_exactly_and_evaluates_in_every_mode(folder, 
     assert json.loads((resumed / 'final_eval.json').read_text()) == record
 
 
+@pytest.mark.slow
 def test_the_image_folder_experiment_trains_on_a_folder(folder, tmp_path):
     from resnet_jax import train
 

@@ -17,30 +17,6 @@ from resnet_jax.data import arrays
 from resnet_jax.inputs import in_memory
 from resnet_jax.inputs.preprocess import InMemoryPreprocessing
 
-
-def tiny_config(**overrides):
-    """A CIFAR ResNet-8 on 8x8 synthetic images: compiles and steps in seconds."""
-    config = configs.get_base_config()
-    config.model.name = 'cifar_resnet8'
-    config.dataset = 'synthetic'
-    config.image_size = 8
-    config.num_classes = 10
-    config.synthetic.num_train_examples = 64
-    config.synthetic.num_eval_examples = 30
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.total_steps = 4
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 2
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split('.')
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
-    return config
-
-
 _COMPILED = {}
 
 
@@ -83,7 +59,7 @@ def test_two_simulated_devices():
     assert jax.device_count() == 2, 'conftest.py should force 2 CPU devices'
 
 
-def test_one_train_step_updates_everything():
+def test_one_train_step_updates_everything(tiny_config):
     mesh = parallel.make_mesh()
     state, step = _state_and_step(tiny_config(), mesh, augment='pad_crop_flip')
     before = jax.device_get(state)
@@ -99,7 +75,8 @@ def test_one_train_step_updates_everything():
     assert any(np.abs(np.asarray(v)).max() > 0 for _, v in means)
 
 
-def test_sync_batch_norm_on_two_devices_equals_one_device():
+@pytest.mark.slow
+def test_sync_batch_norm_on_two_devices_equals_one_device(tiny_config):
     config = tiny_config(sync_batch_norm=True)
     one = parallel.make_mesh(jax.devices()[:1])
     two = parallel.make_mesh(jax.devices()[:2])
@@ -113,7 +90,8 @@ def test_sync_batch_norm_on_two_devices_equals_one_device():
     assert_equal_up_to_rounding(float(m1['loss']), float(m2['loss']), terms=terms)
 
 
-def test_per_device_batch_norm_is_the_mean_of_two_half_batch_steps():
+@pytest.mark.slow
+def test_per_device_batch_norm_is_the_mean_of_two_half_batch_steps(tiny_config):
     """Per-device BN on 2 devices = averaging two 1-device steps on the batch halves.
 
     The first SGD step is affine in the gradient, and the running statistics are affine in
@@ -139,7 +117,7 @@ def test_per_device_batch_norm_is_the_mean_of_two_half_batch_steps():
     assert not np.allclose(_leaves(synced.batch_stats)[0], _leaves(combined.batch_stats)[0])
 
 
-def test_evaluation_is_exact_with_a_padded_last_batch():
+def test_evaluation_is_exact_with_a_padded_last_batch(tiny_config):
     config = tiny_config()
     mesh = parallel.make_mesh()
     state, _ = _state_and_step(config, mesh)
@@ -180,7 +158,8 @@ def _checkpoint_arrays(workdir, step):
     return ocp.StandardCheckpointer().restore(path)
 
 
-def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
+@pytest.mark.slow
+def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tiny_config, tmp_path):
     straight = tmp_path / 'straight'
     final = train.train_and_evaluate(tiny_config(total_steps=6), str(straight))
     assert 0.0 <= final['top1_accuracy'] <= 1.0
@@ -207,13 +186,15 @@ def test_train_and_evaluate_writes_outputs_and_resumes_exactly(tmp_path):
     assert steps_logged == [2, 4, 6]  # the resumed run started at step 4
 
 
-def test_keeps_only_the_newest_checkpoints(tmp_path):
+@pytest.mark.slow
+def test_keeps_only_the_newest_checkpoints(tiny_config, tmp_path):
     train.train_and_evaluate(
         tiny_config(total_steps=8, checkpoint_every_steps=1, keep_checkpoints=2), str(tmp_path))
     assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()) == [7, 8]
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
     config = tiny_config(total_steps=30, checkpoint_every_steps=1, log_every_steps=1)
     config.schedule.base_lr = 1e30
     with pytest.raises(train.NonFiniteError, match=r'at step \d+') as raised:
@@ -236,20 +217,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ({'batch_size': 128}, 'exceeds the 64 training examples'),
     ({'image_size': 0}, 'image_size must be positive'),
 ])
-def test_bad_configs_fail_before_compiling(tmp_path, overrides, message):
+def test_bad_configs_fail_before_compiling(tiny_config, tmp_path, overrides, message):
     with pytest.raises(configs.ConfigError, match=message):
         train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
     assert not (tmp_path / 'checkpoints').exists()
 
 
-def test_missing_data_set_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_data_set_is_a_clear_error(tiny_config, tmp_path, monkeypatch):
     monkeypatch.delenv('RESNET_JAX_DATA_DIR', raising=False)
     config = tiny_config(dataset='cifar10', data_dir=str(tmp_path / 'nowhere'), image_size=None)
     with pytest.raises(arrays.DatasetNotFoundError, match='nowhere'):
         train.train_and_evaluate(config, str(tmp_path / 'work'))
 
 
-def test_unwritable_workdir_is_found_first(tmp_path):
+def test_unwritable_workdir_is_found_first(tiny_config, tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
     with pytest.raises(train.WorkdirError, match='not writable'):
