@@ -1,6 +1,7 @@
 """In-memory data sets: CIFAR-10 (real data when present), image folders, synthetic."""
 
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -319,6 +320,25 @@ def test_corrupt_cache_is_rebuilt(tmp_path, caplog, cache_small_folders):
     np.testing.assert_array_equal(again.train_images, first.train_images)
     with np.load(cache_file) as rebuilt:
         np.testing.assert_array_equal(rebuilt['train_images'], first.train_images)
+
+
+def test_loads_of_one_folder_at_once_decode_it_once(tmp_path, monkeypatch, cache_small_folders):
+    """As `reproduce --parallel` starts several runs on one data set: the first load
+    decodes and caches, the others wait for its cache instead of decoding too."""
+    root = _make_folder(tmp_path / 'folder')
+    decode, decoded = arrays._decode_images, []
+
+    def slow_decode(paths, image_size):
+        decoded.append(len(paths))
+        time.sleep(0.5)  # long enough that the other load starts meanwhile
+        return decode(paths, image_size)
+
+    monkeypatch.setattr(arrays, '_decode_images', slow_decode)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        loads = [pool.submit(arrays.load_dataset, 'image_folder', str(root)) for _ in range(2)]
+        first, second = (load.result() for load in loads)
+    assert decoded == [6, 6]  # the train and the test images, once
+    np.testing.assert_array_equal(first.train_images, second.train_images)
 
 
 def test_unwritable_cache_only_warns(tmp_path, monkeypatch, caplog, cache_small_folders):

@@ -25,6 +25,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock between processes that decode one folder
+    fcntl = None
+
 from resnet_jax import packages
 
 logger = logging.getLogger(__name__)
@@ -315,14 +320,15 @@ def _load_image_folder(data_dir: str, image_size: int | None) -> ArrayDataset:
     root = os.path.abspath(os.path.expanduser(data_dir))
     listing = list_image_folder(root)
     cache_path = _cache_path(root, listing, image_size)
-    arrays = _read_cache(cache_path, listing) if cache_path else None
-    if arrays is None:
-        arrays = (_decode_images(listing.train_paths, image_size),
-                  _decode_images(listing.eval_paths, image_size))
-        if cache_path:
-            _write_cache(cache_path, *arrays)
-    else:
-        logger.info('Read the decoded images of %s from the cache %s.', root, cache_path)
+    with _one_decoder_at_a_time(cache_path):
+        arrays = _read_cache(cache_path, listing) if cache_path else None
+        if arrays is None:
+            arrays = (_decode_images(listing.train_paths, image_size),
+                      _decode_images(listing.eval_paths, image_size))
+            if cache_path:
+                _write_cache(cache_path, *arrays)
+        else:
+            logger.info('Read the decoded images of %s from the cache %s.', root, cache_path)
     train_images, eval_images = arrays
     if train_images.shape[1:] != eval_images.shape[1:]:
         raise DataError(f'{root}: train images are {train_images.shape[1:3]} but '
@@ -450,6 +456,28 @@ def _cache_path(root: str, listing: ImageFolderListing, image_size: int | None) 
     key = json.dumps([_CACHE_VERSION, root, listing.fingerprint, image_size], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(os.path.abspath(cache_dir), f'{os.path.basename(root)}-{digest}.npz')
+
+
+@contextlib.contextmanager
+def _one_decoder_at_a_time(cache_path: str | None):
+    """Holds an exclusive lock beside the cache file, so that processes loading the same
+    folder at once (`reproduce --parallel`, several runs started together) decode it once:
+    the first writes the cache and the others wait for it and read it. Without a cache, a
+    writable cache directory or fcntl (Windows), there is no lock and each decodes."""
+    if cache_path is None or fcntl is None:
+        yield
+        return
+    try:
+        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+        fd = os.open(cache_path + '.lock', os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _read_cache(path: str, listing: ImageFolderListing) -> tuple[np.ndarray, np.ndarray] | None:
