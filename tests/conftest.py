@@ -38,7 +38,6 @@ def cifar10_dir() -> pathlib.Path:
     return path
 
 
-
 @pytest.fixture
 def tiny_config():
     """The suite's tiny run (tests/tiny_config.py) with overrides: tiny_config(total_steps=8)."""
@@ -48,4 +47,4 @@ def tiny_config():
 @pytest.fixture(scope='session')
 def tiny_config_path() -> str:
     """tests/tiny_config.py, for `--config` of a command or benchmark.load_config."""
-    return str(pathlib.Path(tiny_config_file.__file__))
+    return tiny_config_file.__file__

@@ -48,6 +48,12 @@ def rounding_bound(terms: int, *, steps: int = 1,
     return 2 * steps * gamma(terms, roundoff)
 
 
+def train_step_terms(batch_size: int, devices: int, image_size: int) -> int:
+    """The longest sum of a train step: a device's examples times the input's pixels (a
+    weight gradient or a BatchNorm statistic of the first layer)."""
+    return batch_size // devices * image_size**2
+
+
 def assert_equal_up_to_rounding(got, want, *, terms: int, steps: int = 1, scale=None,
                                 roundoff: float = FLOAT32_ROUNDOFF, err_msg: str = '') -> None:
     """`got` equals `want` within `rounding_bound(terms, steps)` times `scale`.

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import lax
-from rounding import assert_equal_up_to_rounding
+from rounding import assert_equal_up_to_rounding, train_step_terms
 
 from resnet_jax import backend, benchmark, configs, layers
 from resnet_jax.cpu.kernels import batchnorm, conv, native, pooling
@@ -93,8 +93,7 @@ def test_train_step_with_the_kernels_is_the_xla_step(tiny_config):
     three steps (each after the previous update) and the same evaluation of the updated
     state."""
     results, config = {}, tiny_config(image_size=16)
-    # The longest sum of a step: a device's examples x the pixels of the input.
-    terms = config.batch_size // jax.device_count() * config.image_size**2
+    terms = train_step_terms(config.batch_size, jax.device_count(), config.image_size)
     for kernels in ('kernels', 'conv', 'xla'):
         config.cpu_kernels = kernels
         built = benchmark.build_steps(config)

@@ -8,7 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rounding import BFLOAT16_ROUNDOFF, FLOAT32_ROUNDOFF, assert_equal_up_to_rounding
+from rounding import (
+    BFLOAT16_ROUNDOFF,
+    FLOAT32_ROUNDOFF,
+    assert_equal_up_to_rounding,
+    train_step_terms,
+)
 
 from resnet_jax import benchmark, layers, models, parallel
 from resnet_jax.cpu import compiler
@@ -54,8 +59,7 @@ def test_cpu_train_step_keeps_its_barriers_and_its_results(tiny_config, monkeypa
     plain = benchmark.build_steps(config)
     assert 'opt-barrier' not in plain.train_compiled.as_text()
 
-    # The longest sum of a step: a device's examples x the pixels of the input.
-    terms = config.batch_size // jax.device_count() * config.image_size**2
+    terms = train_step_terms(config.batch_size, jax.device_count(), config.image_size)
     for step in range(2):  # the second step starts from the first one's update
         got, want = jax.device_get(fast.train(step)), jax.device_get(plain.train(step))
         for key in ('loss', 'accuracy'):

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from rounding import assert_equal_up_to_rounding, assert_moved_beyond
+from rounding import assert_equal_up_to_rounding, assert_moved_beyond, train_step_terms
 
 from resnet_jax import distributed, preemption
 
@@ -33,7 +33,7 @@ DEVICES = 4  # 1 process x 4 devices, or 2 processes x 2
 # CIFAR ResNet-8 on 8x8 synthetic images, 4 steps; 30 eval examples in batches of 8 make
 # a padded last batch, so the exact evaluation is checked across processes as well.
 TINY_RUN = ['--config', 'tests/tiny_config.py', '--config.eval_every_steps=2']
-TINY_TERMS = 8 // DEVICES * 8 * 8  # the longest sum of a step: a device's examples x pixels
+TINY_TERMS = train_step_terms(batch_size=8, devices=DEVICES, image_size=8)
 
 
 def _free_port() -> int:
@@ -192,7 +192,7 @@ STREAMING_RUN = [
     '--config.streaming.multi_scale_aspect_ratios=(1.0,1.5,2.0)',
     "--config.streaming.eval_modes=('center_crop','ten_crop','multi_scale')",
 ]
-STREAMING_TERMS = 8 // DEVICES * 32 * 32
+STREAMING_TERMS = train_step_terms(batch_size=8, devices=DEVICES, image_size=32)
 
 
 def write_image_folder(root: pathlib.Path, per_class: dict[str, tuple[int, ...]],

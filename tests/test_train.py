@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from rounding import assert_equal_up_to_rounding
+from rounding import assert_equal_up_to_rounding, train_step_terms
 
 from resnet_jax import configs, evaluation, optim, parallel, steps, train, train_state
 from resnet_jax.data import arrays
@@ -84,7 +84,8 @@ def test_sync_batch_norm_on_two_devices_equals_one_device(tiny_config):
     state2, step2 = _state_and_step(config, two)
     new1, m1 = step1(state1, *_batch())
     new2, m2 = step2(state2, *_batch())
-    terms = config.batch_size * config.image_size**2  # synchronised: the whole batch's sums
+    # Synchronised: the whole batch's sums, as on one device.
+    terms = train_step_terms(config.batch_size, 1, config.image_size)
     for a, b in zip(_leaves(new1), _leaves(new2), strict=True):
         assert_equal_up_to_rounding(a, b, terms=terms)
     assert_equal_up_to_rounding(float(m1['loss']), float(m2['loss']), terms=terms)
@@ -110,7 +111,8 @@ def test_per_device_batch_norm_is_the_mean_of_two_half_batch_steps(tiny_config):
     for got, a, b in zip(_leaves(combined), _leaves(halves[0]), _leaves(halves[1]),
                          strict=True):
         assert_equal_up_to_rounding(got, (a.astype(np.float64) + b) / 2,
-                                    terms=4 * config.image_size**2)  # a device's sums
+                                    terms=train_step_terms(config.batch_size, 2,
+                                                           config.image_size))
     # And it is not the full-batch (synchronised) statistic.
     state_sync, step_sync = _state_and_step(tiny_config(sync_batch_norm=True), two)
     synced, _ = step_sync(state_sync, images, labels, indices)
