@@ -44,17 +44,29 @@ SHORT_STEPS = 2_500
 
 
 def get_config(arg: str = 'resnet20'):
+    name, short = parse_arg(arg, MODELS)
+    return recipe(f'cifar_{name}', short)
+
+
+MODELS = tuple(f'resnet{d}' for d in DEPTHS) + tuple(f'plain{d}' for d in PLAIN_DEPTHS)
+
+
+def parse_arg(arg: str, valid) -> tuple[str, bool]:
+    """('resnet20', short?) of an argument 'resnet20' or 'resnet20,short' among `valid`."""
     name, _, variant = arg.partition(',')
-    valid = [f'resnet{d}' for d in DEPTHS] + [f'plain{d}' for d in PLAIN_DEPTHS]
     if name not in valid:
         raise ValueError(f'unknown CIFAR experiment {name!r}; choose one of {", ".join(valid)}')
     if variant not in ('', 'short'):
         raise ValueError(f'unknown variant {variant!r} of {name}: the only one is '
                          f"'{name},short'")
-    arg = name
+    return name, variant == 'short'
+
+
+def recipe(model_name: str, short: bool = False):
+    """The paper's CIFAR-10 recipe for any CIFAR net of models.MODEL_NAMES."""
     config = configs.get_base_config()
     config.dataset = 'cifar10'
-    config.model.name = f'cifar_{arg}'
+    config.model.name = model_name
     config.model.variant = 'v1'  # basic blocks: v1 and v1.5 are the same network.
     config.augment = 'pad_crop_flip'
     config.pad_pixels = 4
@@ -69,7 +81,7 @@ def get_config(arg: str = 'resnet20'):
     config.schedule.unit = 'steps'
     config.schedule.boundaries = (32_000, 48_000)
     config.schedule.decay_factor = 0.1
-    if arg == 'resnet110':
+    if model_name == 'cifar_resnet110':
         # "0.1 is slightly too large to start converging": warm up at 0.01 for 400 steps.
         config.schedule.warmup = 400
         config.schedule.warmup_lr = 0.01
@@ -77,7 +89,7 @@ def get_config(arg: str = 'resnet20'):
     config.log_every_steps = 200
     config.eval_every_steps = 4_000
     config.checkpoint_every_steps = 4_000
-    if variant == 'short':
+    if short:
         config.total_steps = SHORT_STEPS
         config.schedule.boundaries = (SHORT_STEPS // 2, SHORT_STEPS * 3 // 4)
         config.log_every_steps = 100

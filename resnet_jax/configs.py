@@ -8,13 +8,12 @@ boundaries given in epochs) are computed in code at run time, not frozen here.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import models, optim
+from resnet_jax import models, optim, pyfiles
 from resnet_jax.cpu import kernel_layers
 from resnet_jax.data import arrays, device_augment, streaming_choices
 
@@ -56,17 +55,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.pixel_scale = 255.0
     config.streaming = streaming_config()
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = 'cifar_resnet20'
-    config.model.variant = 'v1'  # 'v1' (paper) or 'v1.5' (stride on the 3x3).
-    config.model.shortcut = config_dict.placeholder(str)  # None: A for CIFAR, B for ImageNet.
-    config.model.zero_init_residual = False
-    config.model.bn_momentum = 0.9
-    config.model.bn_epsilon = 1e-5
-    # >0: training BatchNorm statistics over groups of this many examples of each device's
-    # batch ("ghost" BatchNorm: 64 gives the paper's statistics, 128 images over two GPUs,
-    # on one device). 0: over each device's whole batch.
-    config.model.bn_group_size = 0
+    # The architecture: name, block, variant and the options of models.ResNet, with their
+    # defaults and meaning in resnet_jax/models (architecture.fields()).
+    config.model = models.architecture.config_section()
     config.dtype = 'float32'  # compute dtype; parameters and BN statistics stay float32.
     config.cpu_kernels = 'auto'  # see resnet_jax.cpu.kernel_layers.CHOICES.
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
@@ -166,9 +157,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     file = pathlib.Path(path)
     if not file.is_file():
         raise ConfigError(f'config file {path!r} does not exist')
-    module_spec = importlib.util.spec_from_file_location(file.stem, file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = pyfiles.import_file(path, again=True)
     config = module.get_config(arg) if arg else module.get_config()
     config.lock()
     return config
@@ -192,14 +181,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               f'{device_augment.AUGMENTATIONS}')
     else:
         _validate_streaming(config, check)
-    check(config.model.name in models.MODEL_NAMES,
-          f'model.name={config.model.name!r} is unknown; valid names: '
-          f'{", ".join(models.MODEL_NAMES)}')
-    check(config.model.variant in models.VARIANTS,
-          f'model.variant={config.model.variant!r}: choose one of {models.VARIANTS}')
-    check(config.model.shortcut is None or config.model.shortcut in models.SHORTCUTS,
-          f'model.shortcut={config.model.shortcut!r}: choose one of {models.SHORTCUTS} '
-          '(or leave it unset for the family default)')
+    try:
+        models.architecture.validate(config.model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     check(config.dtype in DTYPES, f'dtype={config.dtype!r}: choose one of {DTYPES}')
     parts = models.model_parts(config.model.name)
     check(set(config.frozen_stages) <= set(parts),
@@ -215,7 +200,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.steps_in_flight >= 1, 'steps_in_flight must be >= 1')
     check(config.pad_pixels >= 0, 'pad_pixels must be >= 0')
     check(config.pixel_scale > 0, 'pixel_scale must be positive')
-    check(config.model.bn_group_size >= 0, 'model.bn_group_size must be >= 0 (0: no groups)')
     check(not (config.model.bn_group_size and config.sync_batch_norm),
           'model.bn_group_size and sync_batch_norm exclude each other: groups are per device')
     check(config.total_steps is not None or config.num_epochs is not None,

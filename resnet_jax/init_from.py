@@ -45,9 +45,8 @@ def initialise(config: ml_collections.ConfigDict, state, model: models.ResNet):
     except pretrained.ModelDirError as error:
         raise InitFromError(f'init_from={config.init_from!r}: {error}') from error
     saved = dict(record.get('model', {}))
-    wanted = {'name': config.model.name, 'shortcut': model.shortcut,
-              'variant': config.model.variant}
-    if model.block == 'basic':  # v1 and v1.5 differ only in bottlenecks
+    wanted = models.architecture.record(config.model, model)
+    if not hasattr(model.block, 'stride_on_3x3'):  # v1 and v1.5 differ only in bottlenecks
         saved.pop('variant', None)
         wanted.pop('variant')
     differences = checkpoint.describe_differences(saved, wanted, 'model.')

@@ -5,7 +5,7 @@ response over the eval split, for trained plain nets and ResNets.
 
 A layer's response is its output after BatchNorm and before the addition and the ReLU
 (section 4.2): in a ResNet, the strength of the residual function. The model reports it
-itself (`BatchNormAddRelu` sows it into the 'intermediates' collection); it is evaluated
+itself (`layers.BatchNorm` sows it into the 'intermediates' collection); it is evaluated
 in inference mode (running BN statistics) from the run's latest checkpoint, on the run's
 eval split (the test images, or the held-out validation ones). The layers are the 3x3
 convolutions of the blocks, in network order: 2 per basic block, 6n for a CIFAR net of
@@ -46,8 +46,6 @@ from resnet_jax.inputs.preprocess import InMemoryPreprocessing
 DEFINITION = ("std of each 3x3 layer's response (after BN, before the addition and the "
               'ReLU) over the eval split, inference mode, latest checkpoint; std: over all '
               'values; mean_channel_std: mean over channels of per-channel std')
-# The BatchNorms that follow a 3x3 convolution in each kind of block.
-THREE_BY_THREE_NORMS = {'basic': ('bn1', 'bn2'), 'bottleneck': ('bn2',)}
 
 
 class ResponseError(ValueError):
@@ -58,7 +56,7 @@ def layer_paths(model: models.ResNet) -> list[tuple[str, str]]:
     """(block, norm) of each 3x3 layer of the blocks, in network order."""
     return [(f'stage{i}_block{j}', norm)
             for i, size in enumerate(model.stage_sizes, start=1)
-            for j in range(1, size + 1) for norm in THREE_BY_THREE_NORMS[model.block]]
+            for j in range(1, size + 1) for norm in model.block.three_by_three_norms]
 
 
 def responses(model: models.ResNet, variables: dict, batch: jax.Array) -> dict[str, jax.Array]:

@@ -3,14 +3,16 @@ example injects `conv` and `norm`): what computes them depends on the platform
 (`resnet_jax.backend`), what they compute does not.
 
 - `Conv`: `flax.linen.Conv`, with 1x1 convolutions computed as matrix products.
-- `BatchNormAddRelu`: `relu(BatchNorm(x) + residual)`, the addition and the ReLU optional:
-  how a residual block ends, and how most of its convolutions are followed.
-- `nn.max_pool`'s signature for the ImageNet stem's pooling.
+- `BatchNorm`: `flax.linen.BatchNorm`, reporting its response, with "ghost" groups.
+- `norm_relu(norm, x, residual)`: `relu(norm(x) + residual)`, how a residual block ends and
+  how most of its convolutions are followed; on a CPU one kernel (`fused_norm_relu`).
+- `nn.Dense` (the head; squeeze-and-excitation), `nn.max_pool` (the ImageNet stem).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -52,27 +54,13 @@ def _no_padding(padding: Any) -> bool:
                                   and all(tuple(p) == (0, 0) for p in padding))
 
 
-class FusedBatchNormAddRelu(Protocol):
-    """An implementation of `relu(BN(x) + residual)` as one op, for the inputs it `covers`
-    (the CPU kernels' `resnet_jax.cpu.kernels.batchnorm` is one)."""
+class BatchNorm(nn.BatchNorm):
+    """`flax.linen.BatchNorm`, which also reports its output (the layer's response) and
+    can take its training statistics over groups of the batch.
 
-    def covers(self, x: jax.Array) -> bool: ...
-
-    def train(self, x, scale, bias, residual=None, *, relu: bool,
-              epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]: ...
-
-    def infer(self, x, mean, var, scale, bias, residual=None, *, relu: bool,
-              epsilon: float) -> jax.Array: ...
-
-
-class BatchNormAddRelu(nn.BatchNorm):
-    """`module(x, residual, relu=True)` is `relu(BatchNorm(x) + residual)`; the residual and
-    the ReLU are optional, so `module(x)` is `flax.linen.BatchNorm`.
-
-    With `fused`, inputs it covers (statistics per device: no `axis_name`) run as its one
-    op; others as flax's BatchNorm followed by the addition and ReLU in XLA. The variables
-    are flax's BatchNorm's either way, made the same way, and the results the same to
-    float32 rounding.
+    The response, BN(x) before any addition or ReLU (the paper's Figure 7,
+    resnet_jax.layer_responses), is sown into 'intermediates': a no-op unless that
+    collection is mutable.
 
     With `group_size` ("ghost" BatchNorm), training normalises each group of `group_size`
     consecutive examples of the batch by its own statistics, as if each group were on a
@@ -81,34 +69,15 @@ class BatchNormAddRelu(nn.BatchNorm):
     one group. Inference is unchanged.
     """
 
-    fused: FusedBatchNormAddRelu | None = None
     group_size: int | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, residual: jax.Array | None = None, *,
-                 relu: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         if self._is_ghost(x):
             y = self._ghost_batch_norm(x)
-        elif self._is_fused(x, residual):
-            return self._fused_batch_norm_add_relu(x, residual, relu)
         else:
             y = nn.BatchNorm.__call__(self, x)
-        # The layer's response: after BN, before the addition and the ReLU (the paper's
-        # Figure 7, resnet_jax.layer_responses). A no-op unless 'intermediates' is mutable.
         self.sow('intermediates', 'response', y)
-        if residual is not None:
-            y = y + residual
-        return nn.relu(y) if relu else y
-
-    def _fused_batch_norm_add_relu(self, x: jax.Array, residual: jax.Array | None,
-                                   relu: bool) -> jax.Array:
-        scale, bias, ra_mean, ra_var = self._variables(x)
-        if self.use_running_average:
-            return self.fused.infer(x, ra_mean.value, ra_var.value, scale, bias, residual,
-                                    relu=relu, epsilon=self.epsilon)
-        y, mean, var = self.fused.train(x, scale, bias, residual, relu=relu,
-                                        epsilon=self.epsilon)
-        self._update_running_averages(ra_mean, ra_var, mean, var)
         return y
 
     def _variables(self, x: jax.Array):
@@ -148,10 +117,67 @@ class BatchNormAddRelu(nn.BatchNorm):
                                       var.reshape(-1, *features).mean(0))
         return y.reshape(x.shape).astype(self.dtype or x.dtype)
 
+
+def norm_relu(norm: Callable[[jax.Array], jax.Array], x: jax.Array,
+              residual: jax.Array | None = None) -> jax.Array:
+    """relu(norm(x) + residual), the residual optional: how a post-activation block ends
+    (the paper's Figure 2) and how most of its convolutions are followed. The reference
+    of `Layers.norm_relu`; a platform may compute it as one op (`fused_norm_relu`)."""
+    y = norm(x)
+    if residual is not None:
+        y = y + residual
+    return nn.relu(y)
+
+
+class FusedBatchNormAddRelu(Protocol):
+    """An implementation of `relu(BN(x) + residual)` as one op, for the inputs it `covers`
+    (the CPU kernels' `resnet_jax.cpu.kernels.batchnorm` is one)."""
+
+    def covers(self, x: jax.Array) -> bool: ...
+
+    def train(self, x, scale, bias, residual=None, *, relu: bool,
+              epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+
+    def infer(self, x, mean, var, scale, bias, residual=None, *, relu: bool,
+              epsilon: float) -> jax.Array: ...
+
+
+class FusingBatchNorm(BatchNorm):
+    """`BatchNorm` that computes `norm_relu(module, x, residual)` as `module(x, residual,
+    relu=True)`: one op of `fused` for the inputs it covers (statistics per device: no
+    `axis_name`), else BatchNorm, the addition and the ReLU in XLA. The variables are
+    flax's BatchNorm's either way, made the same way, and the results the same to float32
+    rounding."""
+
+    fused: FusedBatchNormAddRelu | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, residual: jax.Array | None = None, *,
+                 relu: bool = False) -> jax.Array:
+        if self._is_fused(x, residual):
+            return self._fused_batch_norm_add_relu(x, residual, relu)
+        normalise = functools.partial(BatchNorm.__call__, self)
+        if relu:
+            return norm_relu(normalise, x, residual)
+        if residual is not None:
+            raise ValueError('a residual is added only before a ReLU (relu=True)')
+        return normalise(x)
+
+    def _fused_batch_norm_add_relu(self, x: jax.Array, residual: jax.Array | None,
+                                   relu: bool) -> jax.Array:
+        scale, bias, ra_mean, ra_var = self._variables(x)
+        if self.use_running_average:
+            return self.fused.infer(x, ra_mean.value, ra_var.value, scale, bias, residual,
+                                    relu=relu, epsilon=self.epsilon)
+        y, mean, var = self.fused.train(x, scale, bias, residual, relu=relu,
+                                        epsilon=self.epsilon)
+        self._update_running_averages(ra_mean, ra_var, mean, var)
+        return y
+
     def _is_fused(self, x: jax.Array, residual: jax.Array | None) -> bool:
-        # Asked for its response (sown above), the layer runs unfused: the fused op never
-        # forms BN(x) apart from the addition.
-        return (self.fused is not None and self.fused.covers(x)
+        # Asked for its response (sown by BatchNorm), the layer runs unfused: the fused op
+        # never forms BN(x) apart from the addition.
+        return (self.fused is not None and self.fused.covers(x) and not self._is_ghost(x)
                 and not self.is_mutable_collection('intermediates')
                 and (residual is None or residual.dtype == jnp.float32)
                 and self.use_running_average is not None
@@ -160,14 +186,24 @@ class BatchNormAddRelu(nn.BatchNorm):
                 and self.param_dtype == jnp.float32 and self.dtype in (None, jnp.float32))
 
 
+def fused_norm_relu(norm: Callable[..., jax.Array], x: jax.Array,
+                    residual: jax.Array | None = None) -> jax.Array:
+    """`norm_relu` as one op where `norm` is a `FusingBatchNorm`."""
+    if isinstance(norm, FusingBatchNorm):
+        return norm(x, residual, relu=True)
+    return norm_relu(norm, x, residual)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layers:
     """The building blocks of a model: module classes (or partials of them) with the
-    signatures of `Conv` and `BatchNormAddRelu`, and a function with `nn.max_pool`'s. The
-    defaults are XLA's ops on every platform."""
+    signatures of `Conv`, `BatchNorm` and `nn.Dense`, and functions with the signatures of
+    `norm_relu` and `nn.max_pool`. The defaults are XLA's ops on every platform."""
 
     conv: Callable[..., nn.Module] = Conv
-    norm: Callable[..., nn.Module] = BatchNormAddRelu
+    norm: Callable[..., nn.Module] = BatchNorm
+    norm_relu: Callable[..., jax.Array] = norm_relu
+    dense: Callable[..., nn.Module] = nn.Dense
     max_pool: Callable[..., jax.Array] = nn.max_pool
 
 

@@ -165,8 +165,7 @@ def save(directory: str, config: ml_collections.ConfigDict, model: models.ResNet
     state = {'step': np.zeros((), np.int32), 'params': variables['params'],
              'batch_stats': variables.get('batch_stats', {}), 'opt_state': {}}
     # The record a training run writes (train.run_record), so that the directory reads alike.
-    record = {'model': {'name': config.model.name, 'shortcut': model.shortcut,
-                        'variant': config.model.variant},
+    record = {'model': models.architecture.record(config.model, model),
               'num_classes': model.num_classes}
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     manager = ocp.CheckpointManager(path, options=options, item_handlers=_handlers())

@@ -21,7 +21,15 @@ import jax.numpy as jnp
 
 from resnet_jax import configs, train
 from resnet_jax.inputs.base import shape_from_config
-from resnet_jax.models import SHORTCUTS, VARIANTS, ResNet, create_model, model_spec
+from resnet_jax.models import (
+    BLOCKS,
+    SHORTCUTS,
+    VARIANTS,
+    ResNet,
+    create_model,
+    model_spec,
+    part_of,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +56,6 @@ def count_params(params: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
-def _part(top_level_name: str) -> str:
-    """The part a top-level module belongs to: stem_conv -> stem, stage2_block3 -> stage2."""
-    return top_level_name.split('_')[0]
-
-
 def summarize(model: ResNet, image_size: int) -> ModelSummary:
     """Parameters and multiply-adds per part for one image_size x image_size RGB image.
 
@@ -77,7 +80,7 @@ def summarize(model: ResNet, image_size: int) -> ModelSummary:
 
     part_params: dict[str, int] = {}
     for name, subtree in params.items():
-        part_params[_part(name)] = part_params.get(_part(name), 0) + count_params(subtree)
+        part_params[part_of(name)] = part_params.get(part_of(name), 0) + count_params(subtree)
     part_macs: dict[str, int] = {}
     for path, shape in output_shapes.items():
         kernel = params
@@ -85,7 +88,7 @@ def summarize(model: ResNet, image_size: int) -> ModelSummary:
             kernel = kernel[name]
         # Each output position (batch is 1) applies the whole kernel once.
         macs = math.prod(shape[:-1]) * math.prod(kernel['kernel'].shape)
-        part_macs[_part(path[0])] = part_macs.get(_part(path[0]), 0) + macs
+        part_macs[part_of(path[0])] = part_macs.get(part_of(path[0]), 0) + macs
 
     # Network order (eval_shape returns the stages dict with sorted keys).
     parts = ['stem'] + [f'stage{i}' for i in range(1, len(model.stage_sizes) + 1)]
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--model', help='a name from resnet_jax.models.MODEL_NAMES')
     parser.add_argument('--config', metavar='FILE[:ARG]',
                         help='the model of an experiment config, e.g. experiments/r50.py')
+    parser.add_argument('--block', default='',
+                        help=f'one of {", ".join(BLOCKS)}, or FILE.py:CLASS; default: the '
+                        "model's post-activation block")
     parser.add_argument('--variant', choices=VARIANTS, default='v1')
     parser.add_argument('--shortcut', choices=SHORTCUTS, default=None,
                         help='default: B for ImageNet ResNets, A for CIFAR, none for plain')
@@ -155,8 +161,8 @@ def model_from_args(args: argparse.Namespace) -> tuple[ResNet, int]:
     image_size = image_size if args.image_size is None else args.image_size
     if num_classes < 1 or image_size < 1:
         raise ValueError('--num-classes and --image-size must be positive')
-    model = create_model(args.model, num_classes=num_classes, shortcut=args.shortcut,
-                         variant=args.variant)
+    model = create_model(args.model, num_classes=num_classes, block=args.block,
+                         shortcut=args.shortcut, variant=args.variant)
     return model, image_size
 
 
@@ -169,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))  # exit code 2, a message instead of a traceback
     summary = summarize(model, image_size)
-    print(f'{model.block} blocks {tuple(model.stage_sizes)}, shortcut {model.shortcut}, '
-          f'variant {model.variant}, {model.num_classes} classes, '
+    print(f'{model.block.__name__} {tuple(model.stage_sizes)}, shortcut {model.shortcut}, '
+          f'{model.num_classes} classes, '
           f'{image_size}x{image_size} input')
     print(format_summary(summary))
     print(f'params={summary.params} macs={summary.macs}')

@@ -83,8 +83,11 @@ def check_architecture(model: models.ResNet) -> None:
         problems.append('a CIFAR net (torchvision has ImageNet ResNets only)')
     if model.shortcut != 'B':
         problems.append(f'shortcut {model.shortcut!r} (torchvision: B)')
-    if model.variant != 'v1.5' and model.block == 'bottleneck':
-        problems.append(f'variant {model.variant!r} (torchvision: v1.5)')
+    if model.block.preactivation or not issubclass(
+            model.block, (models.BasicBlock, models.BottleneckBlock)):
+        problems.append(f'{model.block.__name__} blocks (torchvision: the paper\'s)')
+    elif not getattr(model.block, 'stride_on_3x3', True):
+        problems.append("variant 'v1' (torchvision: v1.5)")
     if problems:
         raise StateDictMismatchError('torchvision weights need the torchvision architecture; '
                                      'the model is ' + ', '.join(problems))
@@ -171,7 +174,7 @@ def num_classes_of(state_dict: dict[str, np.ndarray], source: str) -> int:
 def _describe(model: models.ResNet) -> str:
     depth_names = [name for name in models.MODEL_NAMES
                    if models.model_spec(name).stage_sizes == tuple(model.stage_sizes)
-                   and models.model_spec(name).block == model.block
+                   and issubclass(model.block, models.BLOCKS[models.model_spec(name).block])
                    and not models.model_spec(name).plain]
     name = depth_names[0] if depth_names else 'the model'
     return f'{name} ({model.num_classes} classes)'

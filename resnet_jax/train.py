@@ -54,8 +54,7 @@ def _format_duration(seconds: float) -> str:
 
 def run_record(config: ml_collections.ConfigDict, model) -> dict:
     """What a checkpoint of this run holds; a resumed run must match it."""
-    return {'model': {'name': config.model.name, 'shortcut': model.shortcut,
-                      'variant': config.model.variant},
+    return {'model': models.architecture.record(config.model, model),
             'num_classes': model.num_classes}
 
 

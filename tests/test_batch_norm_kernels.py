@@ -10,7 +10,7 @@ import pytest
 from rounding import assert_equal_up_to_rounding
 
 from resnet_jax.cpu.kernels import batchnorm, native
-from resnet_jax.layers import BatchNormAddRelu
+from resnet_jax.layers import FusingBatchNorm
 
 EPS = 1e-5
 
@@ -135,7 +135,7 @@ def test_kernels_reject_what_they_do_not_cover():
 
 
 def _module_results(kernels, x, residual, train, **fields):
-    module = BatchNormAddRelu(use_running_average=not train, momentum=0.9, epsilon=EPS,
+    module = FusingBatchNorm(use_running_average=not train, momentum=0.9, epsilon=EPS,
                               fused=batchnorm if kernels else None, **fields)
     variables = module.init(jax.random.key(0), x, residual, relu=True)
     # Non-trivial parameters and running averages.
@@ -159,7 +159,7 @@ def test_module_with_kernels_is_flax_batch_norm(train):
                                     dict(axis_name='data')])
 def test_module_falls_back_to_flax_where_kernels_do_not_apply(change):
     channels = change.pop('channels', 16)
-    module = BatchNormAddRelu(use_running_average=True, fused=batchnorm, **change)
+    module = FusingBatchNorm(use_running_average=True, fused=batchnorm, **change)
     x = jnp.ones((2, 3, 3, channels))
     variables = module.init(jax.random.key(0), x, relu=True)
     jaxpr = str(jax.make_jaxpr(lambda v, x: module.apply(v, x, relu=True))(variables, x))

@@ -130,12 +130,14 @@ def test_each_choice_gives_its_layers():
     convolutions = backend.layers('conv', 'cpu')
     assert convolutions.conv.keywords == {'conv_general_dilated': conv.conv_general_dilated,
                                           'dot_general': conv.dot_general}
-    assert convolutions.norm is layers.BatchNormAddRelu
+    assert convolutions.norm is layers.BatchNorm
+    assert convolutions.norm_relu is layers.norm_relu
     assert convolutions.max_pool is layers.XLA_LAYERS.max_pool
     every = backend.layers('kernels', 'cpu')
     assert every.conv == convolutions.conv
     assert every.norm.keywords == {'fused': batchnorm}
     assert every.max_pool is pooling.max_pool
+    assert every.norm_relu is layers.fused_norm_relu
 
 
 @pytest.mark.parametrize('isa', native.ISAS)

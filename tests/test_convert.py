@@ -26,8 +26,9 @@ NARROW = {  # the committed fixture's nets: torchvision's modules, widths / 8
 
 def narrow_model(name: str) -> models.ResNet:
     block, sizes, _ = NARROW[name]
-    return models.ResNet(stage_sizes=sizes, stage_widths=(8, 16, 32, 64), block=block,
-                         stem='imagenet', num_classes=10, shortcut='B', variant='v1.5')
+    return models.ResNet(stage_sizes=sizes, stage_widths=(8, 16, 32, 64),
+                         block=models.blocks.with_variant(models.BLOCKS[block], 'v1.5'),
+                         stem='imagenet', num_classes=10, shortcut='B')
 
 
 @pytest.mark.parametrize('name', sorted(NARROW))
@@ -110,7 +111,7 @@ def test_convert_writes_a_model_directory_that_loads(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Converted' in result.stderr
     model, variables = pretrained.load(str(tmp_path / 'out'))
-    assert (model.num_classes, model.variant, model.shortcut) == (7, 'v1.5', 'B')
+    assert (model.num_classes, model.block, model.shortcut) == (7, models.BasicBlock, 'B')
     np.testing.assert_array_equal(torchvision_weights.to_state_dict(variables)['fc.weight'],
                                   state_dict['fc.weight'])
     loaded = pretrained.load_dir(str(tmp_path / 'out'))

@@ -11,8 +11,8 @@ from resnet_jax import features, models
 
 def test_imagenet_net_gives_c2_to_c5_at_strides_4_to_32_and_the_pooled_features():
     model = models.ResNet(stage_sizes=(1, 1, 1, 1), stage_widths=(8, 16, 32, 64),
-                          block='bottleneck', stem='imagenet', num_classes=5, shortcut='B',
-                          variant='v1.5')
+                          block=models.blocks.with_variant(models.BottleneckBlock, 'v1.5'),
+                          stem='imagenet', num_classes=5, shortcut='B')
     variables = random_variables(model, image_size=64)
     images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)),
                          jnp.float32)

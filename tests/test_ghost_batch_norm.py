@@ -7,12 +7,12 @@ import pytest
 from rounding import assert_equal_up_to_rounding
 
 from resnet_jax import configs, train
-from resnet_jax.layers import BatchNormAddRelu
+from resnet_jax.layers import FusingBatchNorm
 from resnet_jax.models import create_model
 
 
 def _train_bn(module, x, residual=None):
-    variables = module.init(jax.random.key(0), x, residual)
+    variables = module.init(jax.random.key(0), x, residual, relu=True)
     variables = {'params': {'scale': jnp.full(x.shape[-1], 1.5),
                             'bias': jnp.full(x.shape[-1], -0.25)},
                  'batch_stats': variables['batch_stats']}
@@ -24,8 +24,8 @@ def test_each_group_is_normalised_as_a_batch_of_its_own():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(2.0, 3.0, (8, 5, 5, 4)), jnp.float32)
     residual = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-    ghost = BatchNormAddRelu(use_running_average=False, momentum=0.9, group_size=4)
-    plain = BatchNormAddRelu(use_running_average=False, momentum=0.9)
+    ghost = FusingBatchNorm(use_running_average=False, momentum=0.9, group_size=4)
+    plain = FusingBatchNorm(use_running_average=False, momentum=0.9)
     y, stats = _train_bn(ghost, x, residual)
     halves = [_train_bn(plain, x[i:i + 4], residual[i:i + 4]) for i in (0, 4)]
     terms = 4 * 5 * 5  # a group's statistics sum its N*H*W values, two sums in sequence
@@ -78,7 +78,7 @@ def test_the_fused_cpu_path_is_bypassed_for_groups():
             raise AssertionError('the fused op ran with bn_group_size set')
 
     x = jnp.ones((4, 3, 3, 2))
-    module = BatchNormAddRelu(use_running_average=False, fused=Fused(), group_size=2)
+    module = FusingBatchNorm(use_running_average=False, fused=Fused(), group_size=2)
     variables = module.init(jax.random.key(0), x)
     y, _ = module.apply(variables, x, mutable=['batch_stats'])
     np.testing.assert_allclose(y, 0.0)  # constant groups normalise to the bias, 0

@@ -77,8 +77,8 @@ def _inputs(*shape: int, seed: int = 1) -> jax.Array:
 
 def _tiny(block: str = 'basic', **kwargs) -> ResNet:
     """A two-stage net small enough to initialise and run for real in milliseconds."""
-    fields = dict(stage_sizes=(1, 1), stage_widths=(8, 16), block=block, stem='cifar',
-                  num_classes=5, shortcut='B')
+    fields = dict(stage_sizes=(1, 1), stage_widths=(8, 16), block=models.BLOCKS[block],
+                  stem='cifar', num_classes=5, shortcut='B')
     return ResNet(**(fields | kwargs))
 
 
@@ -130,7 +130,7 @@ def test_model_names_cover_the_paper():
         'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'resnet200',
         'plain18', 'plain34',
         'cifar_resnet8', 'cifar_resnet20', 'cifar_resnet32', 'cifar_resnet44', 'cifar_resnet56',
-        'cifar_resnet110', 'cifar_resnet1202',
+        'cifar_resnet110', 'cifar_resnet1202', 'cifar_resnet164', 'cifar_resnet1001',
         'cifar_plain20', 'cifar_plain32', 'cifar_plain44', 'cifar_plain56', 'cifar_plain110',
     )
 

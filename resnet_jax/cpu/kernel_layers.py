@@ -13,7 +13,7 @@ import functools
 import logging
 
 from resnet_jax.cpu.kernels import batchnorm, conv, native, pooling
-from resnet_jax.layers import XLA_LAYERS, BatchNormAddRelu, Conv, Layers
+from resnet_jax.layers import XLA_LAYERS, Conv, FusingBatchNorm, Layers, fused_norm_relu
 
 CHOICES = ('auto', 'kernels', 'conv', 'xla')
 # Instruction sets (native.ISAS) on which 'auto' picks the kernels.
@@ -23,8 +23,8 @@ _CONVOLUTIONS = Layers(
     conv=functools.partial(Conv, conv_general_dilated=conv.conv_general_dilated,
                            dot_general=conv.dot_general))
 _ALL_KERNELS = dataclasses.replace(
-    _CONVOLUTIONS, norm=functools.partial(BatchNormAddRelu, fused=batchnorm),
-    max_pool=pooling.max_pool)
+    _CONVOLUTIONS, norm=functools.partial(FusingBatchNorm, fused=batchnorm),
+    norm_relu=fused_norm_relu, max_pool=pooling.max_pool)
 
 
 def layers(choice: str) -> Layers:
