@@ -35,7 +35,7 @@ from resnet_jax import (
     models,
     parallel,
     plot,
-    study_results,
+    pretrained,
     train,
     train_state,
 )
@@ -109,10 +109,9 @@ def response_statistics(model: models.ResNet, variables: dict, images: np.ndarra
 
 def config_from_workdir(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     """The config a run saved (config.json), as a ConfigDict."""
-    saved = study_results.read_json(workdir / 'config.json')
-    if saved is None:
+    if not (workdir / 'config.json').is_file():
         raise ResponseError(f'{workdir} has no config.json (give the workdir of a run)')
-    return ml_collections.ConfigDict(saved)
+    return pretrained.read_config(str(workdir))
 
 
 def run_responses(workdir: str | pathlib.Path) -> dict:

@@ -72,9 +72,14 @@ def read_config(directory: str) -> ml_collections.ConfigDict:
         raise ModelDirError(f'{directory} is not a model directory or workdir ({what}); '
                             'make one with python -m resnet_jax.convert or a training run')
     with open(path) as file:
-        saved = json.load(file)
-    # Over the current defaults, so that a directory written before a field existed reads
-    # as that field's default.
+        config = config_from_json(json.load(file))
+    config.model.block = models.architecture.block_in_directory(config.model.block, directory)
+    return config
+
+
+def config_from_json(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A saved config (config.json's contents) over the current defaults, so that one written
+    before a field existed reads as that field's default."""
     config = configs.get_base_config()
     _overlay(config, saved)
     return config

@@ -54,11 +54,11 @@ class Run:
     """One run of a study: a model, a schedule and a seed, in a workdir of its own."""
 
     def __init__(self, directory: pathlib.Path, model: str, schedule: str, seed: int,
-                 overrides: Sequence[str]):
+                 overrides: Sequence[str], experiment: str | pathlib.Path):
         self.model, self.schedule, self.seed = model, schedule, seed
         self.name = studies.run_name(model, schedule, seed)
         self.workdir = directory / self.name
-        self.spec = studies.experiment_spec(model, schedule)
+        self.spec = studies.experiment_spec(model, schedule, experiment)
         self.args = ['--config', self.spec, '--workdir', str(self.workdir),
                      f'--config.seed={seed}', *overrides]
         self.config = build_config(self.spec, self.args[4:])
@@ -119,7 +119,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument('--workdir', required=True,
                         help='the study directory: one workdir per run under it')
     parser.add_argument('--models', help='comma-separated models instead of the study\'s, '
-                        'e.g. resnet20,plain56 (any of experiments/cifar10.py)')
+                        'e.g. resnet20,plain56 (any of the experiment file\'s MODELS)')
+    parser.add_argument('--experiment', default=str(studies.CIFAR10_EXPERIMENT),
+                        help='the experiment file of the runs (default: experiments/'
+                        'cifar10.py; also experiments/preact_cifar10.py, se_resnet.py)')
     parser.add_argument('--schedule', default='paper', choices=tuple(studies.SCHEDULES),
                         help="'paper': 64k iterations; 'short': 2.5k (default: paper)")
     parser.add_argument('--seeds', type=int, default=1, help='runs per model, seeds 0..N-1')
@@ -150,7 +153,10 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
     study = studies.STUDIES[args.study]
     models = study.models if args.models is None else tuple(
         m.strip() for m in args.models.split(',') if m.strip())
-    valid = studies.model_names()
+    try:
+        valid = studies.model_names(args.experiment)
+    except (OSError, ValueError) as error:
+        raise StudyError(f'--experiment={args.experiment}: {_last_line(error)}') from None
     unknown = [m for m in models if m not in valid]
     if unknown or not models:
         raise StudyError(f'unknown model {(unknown or [args.models])[0]!r} in --models; '
@@ -160,7 +166,7 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
     if args.parallel < 1:
         raise StudyError(f'--parallel={args.parallel}: give 1 or more')
     directory = pathlib.Path(args.workdir).expanduser().resolve()
-    runs = [Run(directory, model, args.schedule, seed, overrides)
+    runs = [Run(directory, model, args.schedule, seed, overrides, args.experiment)
             for model in dict.fromkeys(models) for seed in range(args.seeds)]
     for run in runs:
         run.check_existing()
@@ -247,11 +253,12 @@ def write_results(args: argparse.Namespace, runs: Sequence[Run], command: str) -
     directory = runs[0].workdir.parent
     results = [study_results.read_run(r.workdir, r.model, r.seed) for r in runs]
     (directory / 'results.md').write_text(
-        study_results.results_markdown(study, results, command))
+        study_results.results_markdown(study, results, command, args.experiment))
     drawn = [r for r in results if r.last_step]
     if drawn:
         from resnet_jax import plot  # matplotlib: only once there is something to draw
-        labels = dict.fromkeys(study_results.schedule_label(r.config, r.model) for r in drawn)
+        labels = dict.fromkeys(study_results.schedule_label(r.config, r.model, args.experiment)
+                               for r in drawn)
         plot.plot_workdirs([r.workdir for r in drawn], directory / 'figure6.png',
                            title=f'{study.name} study, {", ".join(labels)}')
 

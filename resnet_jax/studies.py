@@ -1,16 +1,19 @@
 """The paper's CIFAR-10 studies that `python -m resnet_jax.reproduce` runs, and its numbers.
 
-A study is a list of models of `experiments/cifar10.py` (the recipe of section 4.2), each
-trained with the paper's schedule or the short one, for some seeds. The valid model
-names and both schedules are that file's: it stays the one place the recipe is written.
+A study is a list of models of an experiment file, by default `experiments/cifar10.py`
+(the recipe of section 4.2), each trained with the paper's schedule or the short one, for
+some seeds. The valid model names (its `MODELS`) and both schedules (`MODEL` and
+`MODEL,short`) are that file's: it stays the one place the recipe is written.
+experiments/preact_cifar10.py and experiments/se_resnet.py are such files too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 import types
+
+from resnet_jax import pyfiles
 
 # The experiment file of the CIFAR-10 recipe, found beside the package (an editable
 # install or a checkout), so that a study runs from any directory.
@@ -52,24 +55,25 @@ STUDIES = {
 }
 
 
-def load_experiment() -> types.ModuleType:
-    """experiments/cifar10.py as a module (its get_config, DEPTHS and PLAIN_DEPTHS)."""
-    spec = importlib.util.spec_from_file_location('cifar10_experiment', CIFAR10_EXPERIMENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_experiment(path: str | pathlib.Path = CIFAR10_EXPERIMENT) -> types.ModuleType:
+    """An experiment file as a module (its get_config and MODELS)."""
+    module = pyfiles.import_file(str(path))
+    if not hasattr(module, 'MODELS') or not hasattr(module, 'get_config'):
+        raise ValueError(f'{path} is no CIFAR experiment of a study: it needs MODELS (the '
+                         'model arguments) and get_config(MODEL) / get_config("MODEL,short")')
     return module
 
 
-def model_names() -> tuple[str, ...]:
-    """Every model the CIFAR-10 recipe takes: resnet20 ... resnet1202, plain20 ... plain110."""
-    experiment = load_experiment()
-    return (tuple(f'resnet{d}' for d in experiment.DEPTHS)
-            + tuple(f'plain{d}' for d in experiment.PLAIN_DEPTHS))
+def model_names(path: str | pathlib.Path = CIFAR10_EXPERIMENT) -> tuple[str, ...]:
+    """Every model an experiment file takes (experiments/cifar10.py: resnet20 ...
+    resnet1202, plain20 ... plain110)."""
+    return tuple(load_experiment(path).MODELS)
 
 
-def experiment_spec(model: str, schedule: str) -> str:
+def experiment_spec(model: str, schedule: str,
+                    path: str | pathlib.Path = CIFAR10_EXPERIMENT) -> str:
     """The `--config` value of one run: `<path>/experiments/cifar10.py:resnet20,short`."""
-    return f'{CIFAR10_EXPERIMENT}:{model}{SCHEDULES[schedule]}'
+    return f'{pathlib.Path(path).resolve()}:{model}{SCHEDULES[schedule]}'
 
 
 def run_name(model: str, schedule: str, seed: int) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import models, studies, summary
+from resnet_jax import models, pretrained, studies, summary
 from resnet_jax.cpu.kernels import native
 
 RECORD_FILE = 'reproduce.json'
@@ -97,13 +97,14 @@ def _schedule_of(config: dict) -> dict:
     return {field: config.get(field) for field in SCHEDULE_FIELDS}
 
 
-def schedule_label(config: dict, model: str) -> str:
+def schedule_label(config: dict, model: str,
+                   experiment: str | pathlib.Path = studies.CIFAR10_EXPERIMENT) -> str:
     """'paper' only for the paper's schedule (64k iterations, lr /10 at 32k and 48k), else
     the run's length: 'short (2,500 steps)' for the recipe's short variant, otherwise
     'shortened (N steps)' (or 'changed' when it is as long as the paper's but differs)."""
-    experiment = studies.load_experiment()
-    recipe = json.loads(experiment.get_config(model).to_json_best_effort())
-    short = json.loads(experiment.get_config(f'{model},short').to_json_best_effort())
+    module = studies.load_experiment(experiment)
+    recipe = json.loads(module.get_config(model).to_json_best_effort())
+    short = json.loads(module.get_config(f'{model},short').to_json_best_effort())
     if _schedule_of(config) == _schedule_of(recipe):
         return 'paper'
     steps = config.get('total_steps')
@@ -114,18 +115,19 @@ def schedule_label(config: dict, model: str) -> str:
     return f'changed ({steps:,} steps)' if steps is not None else 'changed (epochs)'
 
 
-_PARAMS: dict[tuple[str, int], int] = {}
+_PARAMS: dict[str, int] = {}
 
 
-def count_params(model: str, num_classes: int) -> int:
-    """Parameters of a CIFAR model of the recipe, from shapes alone (no device work)."""
-    if (model, num_classes) not in _PARAMS:
-        net = models.create_model(f'cifar_{model}', num_classes=num_classes)
+def count_params(config: dict, num_classes: int) -> int:
+    """Parameters of the model of a run's config.json, from shapes alone (no device work)."""
+    section = json.dumps(config['model'], sort_keys=True) + str(num_classes)
+    if section not in _PARAMS:
+        net = models.from_config(pretrained.config_from_json(config), num_classes)
         shapes = jax.eval_shape(
             lambda x: net.init(jax.random.key(0), x, train=False),
             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-        _PARAMS[model, num_classes] = summary.count_params(shapes['params'])
-    return _PARAMS[model, num_classes]
+        _PARAMS[section] = summary.count_params(shapes['params'])
+    return _PARAMS[section]
 
 
 def _mean_spread(values: Sequence[float]) -> str:
@@ -144,22 +146,24 @@ def _unique(values) -> str:
     return '; '.join(dict.fromkeys(v for v in values if v)) or 'not recorded'
 
 
-def model_row(model: str, runs: Sequence[RunResult]) -> list[str]:
+def model_row(model: str, runs: Sequence[RunResult],
+              experiment: str | pathlib.Path = studies.CIFAR10_EXPERIMENT) -> list[str]:
     """The cells of one model's row over its runs (one per seed)."""
     done = [r for r in runs if r.final is not None]
     started = [r for r in runs if r.config is not None]
     config = (done or started or [None])[0]
     config = config.config if config else None
-    num_classes = (config or {}).get('num_classes') or 10
-    params = count_params(model, num_classes)
-    paper_params = studies.PAPER_PARAMS_M.get(model)
-    params_cell = f'{params / 1e6:.2f}M' + (f' (paper {paper_params}M)' if paper_params else '')
-    paper = studies.PAPER_TEST_ERROR.get(model)
+    # Table 6's numbers are for the paper's own blocks.
+    papers = not config or not config.get('model', {}).get('block')
+    paper_params = studies.PAPER_PARAMS_M.get(model) if papers else None
+    paper = studies.PAPER_TEST_ERROR.get(model) if papers else None
     paper_cell = f'{paper:.2f}' if paper is not None else '— (no table value)'
     if config is None:
-        return [model, params_cell, 'not started', '', f'0/{len(runs)}', 'not started', '', '',
+        return [model, '', 'not started', '', f'0/{len(runs)}', 'not started', '', '',
                 paper_cell, '', '', '']
-    labels = _unique(schedule_label(r.config, model) for r in done or started)
+    params = count_params(config, config.get('num_classes') or 10)
+    params_cell = f'{params / 1e6:.2f}M' + (f' (paper {paper_params}M)' if paper_params else '')
+    labels = _unique(schedule_label(r.config, model, experiment) for r in done or started)
     steps = _unique(f'{r.config.get("total_steps"):,}' if r.config.get('total_steps')
                     else f'{r.config.get("num_epochs")} epochs' for r in done or started)
     seeds = f'{len(done)}/{len(runs)}'
@@ -192,7 +196,8 @@ COLUMNS = ('model', 'params', 'schedule', 'steps', 'seeds done', 'test error (%)
            'train error (%)', 'paper test error (%)', 'hardware', 'wall time per run', 'data')
 
 
-def results_markdown(study: studies.Study, runs: Sequence[RunResult], command: str) -> str:
+def results_markdown(study: studies.Study, runs: Sequence[RunResult], command: str,
+                     experiment: str | pathlib.Path = studies.CIFAR10_EXPERIMENT) -> str:
     """results.md: a header, one row per model (in the study's order), and how to read it."""
     by_model: dict[str, list[RunResult]] = {}
     for run in runs:
@@ -202,7 +207,7 @@ def results_markdown(study: studies.Study, runs: Sequence[RunResult], command: s
              f'`{command}`.', '',
              '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     for model, model_runs in by_model.items():
-        cells = [c.replace('|', '\\|') for c in model_row(model, model_runs)]
+        cells = [c.replace('|', '\\|') for c in model_row(model, model_runs, experiment)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines += [
         '',

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 
 import jax
 import ml_collections
 from etils import epath
+
+from resnet_jax.models import architecture
 
 
 class WorkdirError(OSError):
@@ -57,6 +60,15 @@ def check_free_space(path: epath.Path, needed_bytes: int) -> None:
 
 
 def save_config(config: ml_collections.ConfigDict, path: epath.Path) -> None:
-    """Writes the resolved config of the run as `config.json` (first process only)."""
-    if jax.process_index() == 0:
-        (path / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    """Writes the resolved config of the run as `config.json` (first process only), and a
+    copy of the file of a block defined outside the package, from which the model can be
+    rebuilt wherever the workdir goes (`pretrained.read_config`)."""
+    if jax.process_index() != 0:
+        return
+    (path / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+    block_file = architecture.block_file(config.model.block)
+    if block_file is not None:
+        copies = path / architecture.BLOCK_FILES_DIR
+        copies.mkdir(exist_ok=True)
+        (copies / os.path.basename(block_file)).write_text(
+            pathlib.Path(block_file).read_text())

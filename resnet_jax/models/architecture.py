@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from typing import Any
 
 import jax.numpy as jnp
@@ -78,13 +79,33 @@ def validate(section: Any) -> None:
     _shortcut(section, depths.model_spec(section.name))
 
 
+# A run keeps a copy of a block's file here in its workdir, from which the model is rebuilt.
+BLOCK_FILES_DIR = 'blocks'
+
+
+def block_file(block: str) -> str | None:
+    """The file of a `model.block` that names one (FILE.py:CLASS), else None."""
+    path, _, class_name = block.rpartition(':')
+    return path if path.endswith('.py') and class_name else None
+
+
+def block_in_directory(block: str, directory: str) -> str:
+    """`block` with its file replaced by the copy a run kept in `directory` (a workdir or
+    model directory), where there is one."""
+    path = block_file(block)
+    if path is None:
+        return block
+    copy = os.path.join(directory, BLOCK_FILES_DIR, os.path.basename(path))
+    return f'{copy}:{block.rpartition(":")[2]}' if os.path.isfile(copy) else block
+
+
 def block_class(section: Any) -> type[blocks.Block]:
     """The Block class that `section.block` and `section.variant` name."""
     spec = depths.model_spec(section.name)
     name = section.block or spec.block
     if name in blocks.BLOCKS:
         cls = blocks.BLOCKS[name]
-    elif ':' in name and name.partition(':')[0].endswith('.py'):
+    elif block_file(name):
         cls = _class_in_file(*name.rsplit(':', 1))
     else:
         raise ValueError(f'model.block={name!r}: choose one of {tuple(blocks.BLOCKS)}, or '
@@ -168,8 +189,10 @@ def from_config(config: Any, num_classes: int, *, layers: Layers = XLA_LAYERS,
 def record(section: Any, model: resnet.ResNet) -> dict[str, Any]:
     """What a checkpoint records of its model (a resumed run or `init_from` must match it):
     the name, the resolved shortcut, the variant, and the block where it is not the
-    depth table's."""
+    depth table's (one defined in a file as FILENAME.py:CLASS, wherever the file is)."""
     described = {'name': section.name, 'shortcut': model.shortcut, 'variant': section.variant}
     if section.block:
-        described['block'] = section.block
+        path = block_file(section.block)
+        described['block'] = section.block if path is None else \
+            f'{os.path.basename(path)}:{section.block.rpartition(":")[2]}'
     return described
