@@ -24,7 +24,8 @@ with the environment variables that give glibc malloc the settings resnet_jax ap
 arena, no mmap, no trimming: freed memory is reused, not faulted in afresh); `/glibc`
 (`jax` only) leaves glibc's defaults; `/thp` starts it with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (large blocks on transparent huge pages, faulted in
-2 MiB at a time).
+2 MiB at a time). A suffix `@PATH` (e.g. `jax@../before`) runs the contender with the
+`resnet_jax` of the checkout at PATH: a change against the revision before it, side by side.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
 def worker(kind: str, config_spec: str, batch_size: int, dtype: str, steps: int,
            warmup: int, cpus: set[int] | None = None) -> None:
     """Builds one contender, then times a window per 'run' line read from stdin."""
+    kind = kind.partition('@')[0]  # the checkout took effect in the environment
     kind, _, options = kind.partition('/')  # thp and retain took effect in the environment
     glibc_malloc = options == 'glibc'
     if cpus:
@@ -129,6 +131,7 @@ RETAIN_MALLOC_ENV = {'MALLOC_ARENA_MAX': '1', 'MALLOC_MMAP_MAX_': '0',
 
 def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
+    kind, _, checkout = kind.partition('@')
     kind, _, options = kind.partition('/')
     if options == 'thp':
         env['GLIBC_TUNABLES'] = ':'.join(filter(None, [env.get('GLIBC_TUNABLES'),
@@ -141,7 +144,8 @@ def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
     elif kind.startswith('jax+'):
         flags += ' ' + variants[kind[4:]]
     env['XLA_FLAGS'] = flags.strip()
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
+    code = pathlib.Path(checkout).resolve() if checkout else REPO
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(code), env.get('PYTHONPATH')]))
     return env
 
 
