@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from rounding import assert_equal_up_to_rounding
 
+from resnet_jax.cpu import kernel_layers
 from resnet_jax.cpu.kernels import batchnorm, native
-from resnet_jax.layers import FusingBatchNorm
+from resnet_jax.layers import XLA_LAYERS, FusingBatchNorm
 
 EPS = 1e-5
 
@@ -164,3 +165,27 @@ def test_module_falls_back_to_flax_where_kernels_do_not_apply(change):
     variables = module.init(jax.random.key(0), x, relu=True)
     jaxpr = str(jax.make_jaxpr(lambda v, x: module.apply(v, x, relu=True))(variables, x))
     assert 'ffi_call' not in jaxpr
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_the_cpu_layers_compute_a_blocks_norm_relu_as_one_kernel(train):
+    # A block writes relu(BN(y) + shortcut) as layers.norm_relu(bn, y, shortcut): the XLA
+    # layers compute exactly those three lines, the CPU kernels' layers one fused call.
+    x, _, _, residual, _ = _inputs((4, 6, 6, 32))
+
+    def results(layers):
+        class End(nn.Module):
+            @nn.compact
+            def __call__(self, y, shortcut):
+                return layers.norm_relu(layers.norm(use_running_average=not train), y,
+                                        shortcut)
+        module = End()
+        variables = module.init(jax.random.key(0), x, residual)
+        apply = lambda v, y, s: module.apply(v, y, s, mutable=['batch_stats'])[0]  # noqa: E731
+        return apply(variables, x, residual), str(jax.make_jaxpr(apply)(variables, x, residual))
+
+    fused, fused_jaxpr = results(kernel_layers.layers('kernels'))
+    reference, reference_jaxpr = results(XLA_LAYERS)
+    assert 'ffi_call' in fused_jaxpr and 'ffi_call' not in reference_jaxpr
+    assert ' max ' not in fused_jaxpr and ' max ' in reference_jaxpr  # the ReLU: in the kernel
+    assert_equal_up_to_rounding(fused, reference, terms=x.size // x.shape[-1], steps=2)
