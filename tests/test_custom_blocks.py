@@ -17,7 +17,7 @@ TINY = ['--config.dataset=synthetic', '--config.num_classes=4', '--config.image_
         '--config.synthetic.num_train_examples=32', '--config.synthetic.num_eval_examples=16',
         '--config.batch_size=16', '--config.eval_batch_size=16', '--config.total_steps=2',
         '--config.checkpoint_every_steps=2', '--config.eval_every_steps=0',
-        '--config.model.name=cifar_resnet8']
+        '--config.model.name=cifar_resnet8']  # (a study sets the model: TINY[:-1])
 
 
 def test_the_config_names_the_class_of_the_file_and_the_model_is_built_from_it():
@@ -58,14 +58,15 @@ def test_a_study_runs_the_models_of_another_experiment_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_trained_resumed_and_rebuilt_from_a_moved_workdir(tmp_path):
-    workdir = tmp_path / 'run'
-    result = run_module('resnet_jax.main', '--config', f'{SE}:resnet20', '--workdir',
-                        str(workdir), *TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path):
+    study = run_module('resnet_jax.reproduce', 'cifar10', '--experiment', SE, '--models',
+                       'resnet20', '--workdir', str(tmp_path / 'study'), *TINY[:-1])
+    assert study.returncode == 0, study.stderr[-3000:]
+    assert 'resnet20' in (tmp_path / 'study' / 'results.md').read_text()
+    workdir = tmp_path / 'study' / 'resnet20_paper_seed0'
     assert (workdir / 'blocks' / 'se_resnet.py').read_text() == (REPO / SE).read_text()
-    result = run_module('resnet_jax.main', '--config', f'{SE}:resnet20', '--workdir',
-                        str(workdir), *TINY, '--config.total_steps=4')
+    config = ['--config', f'{SE}:resnet20', '--workdir', str(workdir), *TINY[:-1]]
+    result = run_module('resnet_jax.main', *config, '--config.total_steps=4')
     assert result.returncode == 0 and 'Resumed from the checkpoint of step 2' in result.stderr
 
     # Moved where the experiment file is not: the workdir's copy rebuilds the model.
@@ -86,7 +87,8 @@ def test_trained_resumed_and_rebuilt_from_a_moved_workdir(tmp_path):
                            str(tmp_path / 'responses.png'), '--json', str(tmp_path / 'r.json'))
     assert responses.returncode == 0, responses.stderr[-3000:]
     layers = json.loads((tmp_path / 'r.json').read_text())['runs'][0]['layers']
-    assert len(layers) == 6  # 3 blocks of 2 3x3 layers
+    assert len(layers) == 18  # ResNet-20: 9 blocks of 2 3x3 layers
     fine_tune = run_module('resnet_jax.main', '--config', f'{SE}:resnet20', '--workdir',
-                           str(tmp_path / 'fine_tuned'), *TINY, f'--config.init_from={moved}')
+                           str(tmp_path / 'fine_tuned'), *TINY[:-1],
+                           f'--config.init_from={moved}')
     assert fine_tune.returncode == 0 and 'Initialised from' in fine_tune.stderr
