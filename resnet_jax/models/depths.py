@@ -69,6 +69,7 @@ def model_parts(name: str) -> tuple[str, ...]:
 
 
 def part_of(module_name: str) -> str:
-    """The part ('stem', 'stage2', 'head') of a top-level module ('stem_bn', 'stage2_block3');
-    the final BatchNorm of a pre-activation net belongs to the last stage's output, the head."""
+    """The part ('stem', 'stage2', 'head') of a top-level module ('stem_bn', 'stage2_block3').
+    The final BatchNorm of a pre-activation net goes with the head: frozen stages leave it
+    trained, as they leave the classifier."""
     return 'head' if module_name == 'final_bn' else module_name.split('_')[0]
