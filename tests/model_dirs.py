@@ -85,8 +85,9 @@ def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.Comple
                           text=True, timeout=timeout)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
-    """Exit status 1, no traceback, and the whole of `expected` on one line of stderr."""
-    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str,
+                          returncode: int = 1) -> None:
+    """Exit status, no traceback, and the whole of `expected` on one line of stderr."""
+    assert result.returncode == returncode, (result.returncode, result.stderr[-3000:])
     assert 'Traceback' not in result.stderr, result.stderr[-3000:]
     assert any(expected in line for line in result.stderr.splitlines()), result.stderr[-3000:]

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from model_dirs import assert_one_line_error
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -26,13 +27,6 @@ def run(args, env=None, timeout=240):
 
 def main(*args, env=None):
     return run([sys.executable, '-m', 'resnet_jax.main', *args], env=env)
-
-
-def assert_one_line_error(result, expected: str, returncode: int = 1) -> None:
-    """Exit status, no traceback, and the whole of `expected` on one line of stderr."""
-    assert result.returncode == returncode, (result.returncode, result.stderr[-3000:])
-    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-    assert any(expected in line for line in result.stderr.splitlines()), result.stderr[-3000:]
 
 
 def image_folder(root: pathlib.Path, broken: str | None = None) -> pathlib.Path:

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_dirs import assert_one_line_error
 from rounding import assert_equal_up_to_rounding
-from test_errors import assert_one_line_error
 
 from resnet_jax import layer_responses, models, plot, studies, study_results
 from resnet_jax import reproduce as reproduce_module

@@ -10,6 +10,14 @@ from PIL import Image
 
 tf = pytest.importorskip('tensorflow')
 
+from streaming_helpers import (  # noqa: E402
+    assert_deterministic_and_resumable,
+    augmentation,
+    final_state,
+    streaming_config,
+    take,
+)
+
 from resnet_jax import configs, evaluation  # noqa: E402
 from resnet_jax.data import host_augment, sources, tf_pipelines  # noqa: E402
 
@@ -38,20 +46,11 @@ def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp('folder'))
 
 
-def augmentation(kind='scale'):
-    return tf_pipelines.HostAugmentation(kind, 32, (36, 48), (0.3, 1.0), (0.75, 1.333), 36,
-                                      (32, 40), (1.0, 1.5, 2.0))
-
-
 def train_stream(folder, process_index=0, process_count=1, kind='scale', batch=6):
     return tf_pipelines.TrainStream(
         sources.ImageFolderSource(str(folder)), augmentation(kind), seed=3,
         global_batch=batch, process_index=process_index, process_count=process_count,
         shuffle_buffer=64)
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
 
 
 @pytest.mark.parametrize('kind', ['scale', 'inception', 'none'])
@@ -63,20 +62,6 @@ def test_train_batches_have_the_crop_size_and_labels(folder, kind):
     assert labels.dtype == np.int32 and set(labels) <= {0, 1, 2}
     # The red channel carries the class: crops and resizes keep it (up to JPEG error).
     np.testing.assert_allclose(images[..., 0].mean(axis=(1, 2)), 40 + 80 * labels, atol=6)
-
-
-def assert_deterministic_and_resumable(make_stream):
-    """7 steps (3 per epoch) twice, and resumed at step 4 (mid-epoch): the same batches."""
-    straight = take(make_stream().batches(0), 7)  # crosses two epoch boundaries
-    again = take(make_stream().batches(0), 7)
-    resumed = take(make_stream().batches(4), 3)
-    for a, b in zip(straight, again, strict=True):
-        np.testing.assert_array_equal(a[0], b[0])
-    for a, b in zip(straight[4:], resumed, strict=True):
-        np.testing.assert_array_equal(a[0], b[0])
-        np.testing.assert_array_equal(a[1], b[1])
-    # A new order and new crops each epoch.
-    assert not np.array_equal(straight[0][0], straight[3][0])
 
 
 def test_train_order_is_deterministic_and_resumes_at_any_step(folder):
@@ -182,30 +167,6 @@ def test_missing_imagenet_is_a_quick_error_with_the_steps(tmp_path):
     assert 'ILSVRC2012_img_train.tar' in message and 'tfds build imagenet2012' in message
 
 
-def streaming_config(folder, **overrides):
-    config = configs.get_base_config()
-    config.pipeline = 'streaming'
-    config.dataset = 'image_folder'
-    config.data_dir = str(folder)
-    config.image_size = 32
-    config.model.name = 'cifar_resnet8'
-    config.batch_size = 6
-    config.eval_batch_size = 4
-    config.total_steps = 4
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
-    stream = config.streaming
-    stream.scale_range = (36, 48)
-    stream.eval_resize = 36
-    stream.lighting_std = 0.1
-    stream.multi_scale_sizes = (32, 40)
-    stream.multi_scale_aspect_ratios = (1.0, 1.5, 2.0)
-    stream.eval_modes = ('center_crop', 'ten_crop', 'multi_scale')
-    for key, value in overrides.items():
-        config[key] = value
-    return config
-
-
 @pytest.mark.parametrize('field, value, match', [
     ('augment', 'pad_crop_flip', 'streaming.augment'),
     ('eval_modes', ('five_crop',), 'eval_modes'),
@@ -217,13 +178,6 @@ def test_bad_streaming_fields_are_config_errors(folder, field, value, match):
     config.streaming[field] = value
     with pytest.raises(configs.ConfigError, match=match):
         configs.validate_config(config)
-
-
-def final_state(workdir, step):
-    import jax
-    import orbax.checkpoint as ocp
-    return jax.tree.leaves(ocp.StandardCheckpointer().restore(
-        workdir / 'checkpoints' / str(step) / 'state'))
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 tfds = pytest.importorskip('tensorflow_datasets')
 
-from test_streaming import (  # noqa: E402
+from streaming_helpers import (  # noqa: E402
     assert_deterministic_and_resumable,
     augmentation,
     final_state,
