@@ -35,8 +35,7 @@ def get_config(arg: str = 'resnet164'):
     name, short = _CIFAR10['parse_arg'](arg, MODELS)
     config = _CIFAR10['recipe'](f'cifar_{name}', short)
     kind = 'bottleneck' if name in ('resnet164', 'resnet1001') else 'basic'
-    config.model.block = f'preact_{kind}'
-    config.model.shortcut = 'B'
+    config.model.block = f'preact_{kind}'  # and shortcut B, the default of these blocks
     config.schedule.warmup = 400
     config.schedule.warmup_lr = 0.01
     return config

@@ -7,8 +7,12 @@ Networks", Table 5.
 Arguments: resnet50, resnet101, resnet152, resnet200. Recipe: experiments/imagenet.py (the
 paper's appendix: "the same hyper-parameters and implementations as" the 2015 paper; "The
 learning rate starts from 0.1 (no warming up), and is divided by 10 at 30 and 60 epochs.
-The mini-batch size is 256"), with pre-activation bottlenecks (stride on the first 1x1, as
-the paper's code) and a BN + ReLU after the last block.
+The mini-batch size is 256"), with pre-activation bottlenecks and a BN + ReLU after the
+last block. The blocks are those of the authors' CIFAR code (KaimingHe/resnet-1k-layers):
+stride on the first 1x1, projection shortcuts of the normalised input without a BN of their
+own; the stem is the 7x7 convolution and the max pool, normalised by the first block.
+fb.resnet.torch's preresnet.lua, whose ResNet-200 the paper's Table 5 cites, differs: its
+stride is on the 3x3 (`--config.model.variant=v1.5`) and its stem has a BN + ReLU.
 
 Expected single-crop error (Table 5; top-1 / top-5, a 320x320 crop of the image resized to
 320, trained on 224 crops with scale augmentation): ResNet-152 21.1 / 5.5 (the original

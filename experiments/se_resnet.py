@@ -7,7 +7,8 @@ Networks"): a block defined in this file alone, trained by the paper's CIFAR rec
 Arguments: resnet20 ... resnet110 (experiments/cifar10.py's depths), each optionally
 followed by `,short` (2,500 steps). `config.model.block` names `SEBasicBlock` in this file;
 a run copies the file into its workdir (WORKDIR/blocks/), from which every tool that reads
-the workdir rebuilds the model (predict, export, features, init_from, summary).
+the workdir rebuilds the model (predict, export, features, init_from, layer responses);
+`python -m resnet_jax.summary --config experiments/se_resnet.py:resnet20` prints it.
 
 A block is a `models.Block` (the contract: resnet_jax/models/blocks.py): the network gives
 it its width, stride, shortcut kind, the injected layers and the compute dtype; this one
@@ -37,7 +38,8 @@ class SEBasicBlock(models.BasicBlock):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.last_norm('bn2')(self.branch(x))
         y = y * self.excitation(y)
-        return nn.relu(y + self.skip(x))
+        skip = self.skip(x)  # None in a plain net
+        return nn.relu(y if skip is None else y + skip)
 
     def excitation(self, y: jax.Array) -> jax.Array:
         """Per-channel weights in (0, 1) from the channels' means, [B, 1, 1, C]."""

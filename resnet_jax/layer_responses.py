@@ -9,8 +9,9 @@ itself (`layers.BatchNorm` sows it into the 'intermediates' collection); it is e
 in inference mode (running BN statistics) from the run's latest checkpoint, on the run's
 eval split (the test images, or the held-out validation ones). The layers are the 3x3
 convolutions of the blocks, in network order: 2 per basic block, 6n for a CIFAR net of
-6n+2 layers; the stem's 3x3 convolution is reported apart (`stem`), as it is no residual
-function. `std` is the standard deviation over all the response's values (examples,
+6n+2 layers (a block's `three_by_three_norms`: 1 per pre-activation basic block); the
+stem's 3x3 convolution is reported apart (`stem`, absent in pre-activation nets), as it is
+no residual function. `std` is the standard deviation over all the response's values (examples,
 positions and channels); `mean_channel_std` the mean over channels of each channel's.
 """
 
@@ -63,7 +64,8 @@ def responses(model: models.ResNet, variables: dict, batch: jax.Array) -> dict[s
     """{'stem' or 'stageI_blockJ/bnK': response} of one normalised batch, inference mode."""
     _, state = model.apply(variables, batch, train=False, mutable=['intermediates'])
     sown = state['intermediates']
-    found = {'stem': sown['stem_bn']['response'][0]}
+    # A pre-activation net has no BN after its stem convolution: no stem response.
+    found = {'stem': sown['stem_bn']['response'][0]} if 'stem_bn' in sown else {}
     for block, norm in layer_paths(model):
         found[f'{block}/{norm}'] = sown[block][norm]['response'][0]
     return found
@@ -146,7 +148,7 @@ def run_responses(workdir: str | pathlib.Path) -> dict:
     return {
         'workdir': str(workdir), 'model': config.model.name, 'label': label, 'family': family,
         'step': int(state.step), 'split': data.eval_split, 'examples': len(data.eval_labels),
-        'stem': statistics.pop('stem'),
+        'stem': statistics.pop('stem', None),
         'layers': [{'index': index, 'name': name, **values}
                    for index, (name, values) in enumerate(statistics.items(), start=1)],
     }

@@ -154,14 +154,12 @@ class FusingBatchNorm(BatchNorm):
     @nn.compact
     def __call__(self, x: jax.Array, residual: jax.Array | None = None, *,
                  relu: bool = False) -> jax.Array:
+        if residual is not None and not relu:
+            raise ValueError('a residual is added only before a ReLU (relu=True)')
         if self._is_fused(x, residual):
             return self._fused_batch_norm_add_relu(x, residual, relu)
         normalise = functools.partial(BatchNorm.__call__, self)
-        if relu:
-            return norm_relu(normalise, x, residual)
-        if residual is not None:
-            raise ValueError('a residual is added only before a ReLU (relu=True)')
-        return normalise(x)
+        return norm_relu(normalise, x, residual) if relu else normalise(x)
 
     def _fused_batch_norm_add_relu(self, x: jax.Array, residual: jax.Array | None,
                                    relu: bool) -> jax.Array:

@@ -24,13 +24,18 @@ class PlotError(ValueError):
 
 
 def model_label(config: dict | None, workdir: pathlib.Path) -> tuple[str, str]:
-    """(family, label) of a run: ('plain', 'plain-20') or ('ResNet', 'ResNet-20'); a run
-    without config.json is named after its directory."""
-    name = ((config or {}).get('model') or {}).get('name') or workdir.name
-    name = name.removeprefix('cifar_')
+    """(family, label) of a run: ('plain', 'plain-20') or ('ResNet', 'ResNet-20'), with
+    the block where it is not the paper's ('ResNet-56 (pre-act)'); a run without
+    config.json is named after its directory."""
+    model = (config or {}).get('model') or {}
+    name = (model.get('name') or workdir.name).removeprefix('cifar_')
+    # A block other than the paper's: 'pre-act' or the class name of a block file.
+    block = model.get('block') or ''
+    block = 'pre-act' if block.startswith('preact_') else block.rpartition(':')[2]
     for prefix, family in (('plain', 'plain'), ('resnet', 'ResNet')):
         if name.startswith(prefix) and name[len(prefix):].isdigit():
-            return family, f'{family}-{name[len(prefix):]}'
+            label = f'{family}-{name[len(prefix):]}'
+            return family, f'{label} ({block})' if block else label
     return 'other', name
 
 

@@ -1,6 +1,8 @@
-"""Python files named by path (experiment configs, blocks defined in them): each imported
-once per process, under a name of its own, and kept in `sys.modules` as a module should
-be (dataclasses, and so flax modules, defined in the file need that)."""
+"""Python files named by path (experiment configs, blocks defined in them), imported under
+a name of their own and kept in `sys.modules` as a module should be (dataclasses, and so
+flax modules, defined in the file need that). A block's file is imported once per process,
+so that its classes stay the same objects; `--config` itself is read by ml_collections'
+flags, which import the file once more, as a module of their own."""
 
 from __future__ import annotations
 

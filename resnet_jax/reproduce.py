@@ -39,7 +39,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import checkpoint, configs, preemption, studies, study_results
+from resnet_jax import checkpoint, configs, preemption, pretrained, studies, study_results
 from resnet_jax.main import _last_line
 
 # Overrides that would change what a study is: it sets these itself.
@@ -75,6 +75,8 @@ class Run:
         saved = study_results.read_json(self.workdir / 'config.json')
         if saved is None:
             return
+        # Over the current defaults: a run saved before a field existed has its default.
+        saved = json.loads(pretrained.config_from_json(saved).to_json_best_effort())
         wanted = json.loads(self.config.to_json_best_effort())
         differences = checkpoint.describe_differences(saved, wanted)
         if differences:
@@ -159,7 +161,9 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
         raise StudyError(f'--experiment={args.experiment}: {_last_line(error)}') from None
     unknown = [m for m in models if m not in valid]
     if unknown or not models:
-        raise StudyError(f'unknown model {(unknown or [args.models])[0]!r} in --models; '
+        where = 'in --models' if args.models is not None else \
+            f'of the {study.name} study in {args.experiment} (choose with --models)'
+        raise StudyError(f'unknown model {(unknown or [args.models])[0]!r} {where}; '
                          f'choose from {", ".join(valid)}')
     if args.seeds < 1:
         raise StudyError(f'--seeds={args.seeds}: give 1 or more')

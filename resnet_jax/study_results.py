@@ -118,11 +118,16 @@ def schedule_label(config: dict, model: str,
 _PARAMS: dict[str, int] = {}
 
 
-def count_params(config: dict, num_classes: int) -> int:
-    """Parameters of the model of a run's config.json, from shapes alone (no device work)."""
+def count_params(workdir: pathlib.Path, config: dict, num_classes: int) -> int:
+    """Parameters of the model of a run (its config.json, and the copy of a block file it
+    kept), from shapes alone (no device work)."""
     section = json.dumps(config['model'], sort_keys=True) + str(num_classes)
     if section not in _PARAMS:
-        net = models.from_config(pretrained.config_from_json(config), num_classes)
+        if (workdir / 'config.json').is_file():
+            config = pretrained.read_config(str(workdir))
+        else:
+            config = pretrained.config_from_json(config)
+        net = models.from_config(config, num_classes)
         shapes = jax.eval_shape(
             lambda x: net.init(jax.random.key(0), x, train=False),
             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
@@ -151,17 +156,18 @@ def model_row(model: str, runs: Sequence[RunResult],
     """The cells of one model's row over its runs (one per seed)."""
     done = [r for r in runs if r.final is not None]
     started = [r for r in runs if r.config is not None]
-    config = (done or started or [None])[0]
-    config = config.config if config else None
-    # Table 6's numbers are for the paper's own blocks.
-    papers = not config or not config.get('model', {}).get('block')
+    first = (done or started or [None])[0]
+    config = first.config if first else None
+    # Table 6's numbers are for the paper's recipe and its own blocks.
+    papers = (pathlib.Path(experiment).resolve() == studies.CIFAR10_EXPERIMENT
+              and not (config or {}).get('model', {}).get('block'))
     paper_params = studies.PAPER_PARAMS_M.get(model) if papers else None
     paper = studies.PAPER_TEST_ERROR.get(model) if papers else None
     paper_cell = f'{paper:.2f}' if paper is not None else '— (no table value)'
     if config is None:
         return [model, '', 'not started', '', f'0/{len(runs)}', 'not started', '', '',
                 paper_cell, '', '', '']
-    params = count_params(config, config.get('num_classes') or 10)
+    params = count_params(first.workdir, config, config.get('num_classes') or 10)
     params_cell = f'{params / 1e6:.2f}M' + (f' (paper {paper_params}M)' if paper_params else '')
     labels = _unique(schedule_label(r.config, model, experiment) for r in done or started)
     steps = _unique(f'{r.config.get("total_steps"):,}' if r.config.get('total_steps')

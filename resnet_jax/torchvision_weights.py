@@ -2,7 +2,7 @@
 
 torchvision's ResNets are this codebase's ImageNet nets with shortcut B and variant v1.5
 (stride on the bottleneck's 3x3), BatchNorm epsilon 1e-5, 7x7/2 stem conv padded by 3 and
-a 3x3/2 max pool padded by 1, which `models.py` also does. Names map one to one:
+a 3x3/2 max pool padded by 1, which `resnet_jax.models` also does. Names map one to one:
 
     conv1, bn1                        -> stem_conv, stem_bn
     layer{i}.{j}.conv{k}, .bn{k}      -> stage{i}_block{j+1}/conv{k}, bn{k}
@@ -83,11 +83,11 @@ def check_architecture(model: models.ResNet) -> None:
         problems.append('a CIFAR net (torchvision has ImageNet ResNets only)')
     if model.shortcut != 'B':
         problems.append(f'shortcut {model.shortcut!r} (torchvision: B)')
-    if model.block.preactivation or not issubclass(
-            model.block, (models.BasicBlock, models.BottleneckBlock)):
-        problems.append(f'{model.block.__name__} blocks (torchvision: the paper\'s)')
-    elif not getattr(model.block, 'stride_on_3x3', True):
+    v1_5 = models.blocks.with_variant(models.BottleneckBlock, 'v1.5')
+    if model.block is models.BottleneckBlock:
         problems.append("variant 'v1' (torchvision: v1.5)")
+    elif model.block not in (models.BasicBlock, v1_5):
+        problems.append(f'{model.block.__name__} blocks (torchvision: the paper\'s, v1.5)')
     if problems:
         raise StateDictMismatchError('torchvision weights need the torchvision architecture; '
                                      'the model is ' + ', '.join(problems))

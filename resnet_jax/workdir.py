@@ -71,4 +71,4 @@ def save_config(config: ml_collections.ConfigDict, path: epath.Path) -> None:
         copies = path / architecture.BLOCK_FILES_DIR
         copies.mkdir(exist_ok=True)
         (copies / os.path.basename(block_file)).write_text(
-            pathlib.Path(block_file).read_text())
+            pathlib.Path(block_file).expanduser().read_text())

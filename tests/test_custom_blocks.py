@@ -92,3 +92,17 @@ def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path
                            str(tmp_path / 'fine_tuned'), *TINY[:-1],
                            f'--config.init_from={moved}')
     assert fine_tune.returncode == 0 and 'Initialised from' in fine_tune.stderr
+
+
+def test_a_study_run_saved_before_model_block_existed_is_the_same_config(tmp_path):
+    args = ['cifar10', '--workdir', str(tmp_path), '--models', 'resnet20', '--schedule', 'short']
+    (run,) = reproduce.parse_args(args)[0].runs
+    saved = json.loads(run.config.to_json_best_effort())
+    del saved['model']['block']  # as config.json was written before the field
+    run.workdir.mkdir(parents=True)
+    (run.workdir / 'config.json').write_text(json.dumps(saved))
+    reproduce.parse_args(args)  # no "holds a run of another config"
+    saved['model']['shortcut'] = 'B'
+    (run.workdir / 'config.json').write_text(json.dumps(saved))
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(args)

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import models
+from resnet_jax import layer_responses, models
 from resnet_jax.layers import XLA_LAYERS
-from resnet_jax.models import create_model
+from resnet_jax.models import architecture, create_model
 
 
 def _shapes(name: str, block: str = '', size: int = 32, **fields):
@@ -104,3 +104,36 @@ def test_a_preactivation_block_ends_with_the_addition():
     x = -jnp.ones((1, 4, 4, 8))
     variables = block.init(jax.random.key(0), x)
     np.testing.assert_array_equal(block.apply(variables, x), x)
+
+
+def test_layer_responses_of_a_preactivation_net_have_one_layer_per_basic_block():
+    model = _tiny(models.PreActBasicBlock)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0, impl='rbg'), x, train=False))(x)
+    found = layer_responses.responses(model, variables, x)
+    assert list(found) == ['stage1_block1/bn2', 'stage1_block2/bn2', 'stage2_block1/bn2']
+
+
+def test_the_default_shortcut_is_decided_once():
+    # Built directly or from a config, a pre-activation CIFAR net projects (B); v1 pads (A).
+    direct = models.ResNet(stage_sizes=(1, 1), stage_widths=(8, 16),
+                           block=models.PreActBasicBlock, stem='cifar', num_classes=3)
+    _, variables = _shapes('cifar_resnet20', 'preact_basic')
+    assert 'shortcut_conv' in variables['params']['stage2_block1']
+    shapes = jax.eval_shape(lambda x: direct.init(jax.random.key(0), x, train=False),
+                            jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32))
+    assert 'shortcut_conv' in shapes['params']['stage2_block1']  # A would pad instead
+    assert create_model('cifar_resnet20', num_classes=10).shortcut == 'A'
+
+
+def test_naming_the_depth_tables_block_records_the_same_model():
+    # A checkpoint of block '' resumes with block 'basic' and back (the same network).
+    section = architecture.config_section()
+    section.name = 'cifar_resnet20'
+    model = create_model('cifar_resnet20', num_classes=10)
+    unnamed = architecture.record(section, model)
+    section.block = 'basic'
+    assert architecture.record(section, model) == unnamed == {
+        'name': 'cifar_resnet20', 'shortcut': 'A', 'variant': 'v1'}
+    section.block = 'preact_basic'
+    assert architecture.record(section, model)['block'] == 'preact_basic'

@@ -69,7 +69,8 @@ def validate(section: Any) -> None:
     for f in fields():
         value = section[f.name]
         if f.choices is not None and value not in f.choices:
-            choices = ', '.join(map(str, f.choices))
+            choices = ', '.join(str(c) for c in f.choices if c is not None) + (
+                ' (or leave it unset: None)' if None in f.choices else '')
             raise ValueError(f'model.name={value!r} is unknown; valid names: {choices}'
                              if f.name == 'name' else
                              f'model.{f.name}={value!r}: choose one of {choices}')
@@ -103,14 +104,12 @@ def block_class(section: Any) -> type[blocks.Block]:
     """The Block class that `section.block` and `section.variant` name."""
     spec = depths.model_spec(section.name)
     name = section.block or spec.block
-    if name in blocks.BLOCKS:
-        cls = blocks.BLOCKS[name]
-    elif block_file(name):
-        cls = _class_in_file(*name.rsplit(':', 1))
-    else:
-        raise ValueError(f'model.block={name!r}: choose one of {tuple(blocks.BLOCKS)}, or '
-                         'FILE.py:CLASS for a block class defined in a file')
-    return blocks.with_variant(cls, section.variant)
+    if name in blocks.BLOCKS:  # `variant` places the stride of the package's bottlenecks
+        return blocks.with_variant(blocks.BLOCKS[name], section.variant)
+    if block_file(name):  # a class of a file is used as it is written
+        return _class_in_file(*name.rsplit(':', 1))
+    raise ValueError(f'model.block={name!r}: choose one of {tuple(blocks.BLOCKS)}, or '
+                     'FILE.py:CLASS for a block class defined in a file')
 
 
 def _class_in_file(path: str, class_name: str) -> type[blocks.Block]:
@@ -128,14 +127,12 @@ def _class_in_file(path: str, class_name: str) -> type[blocks.Block]:
 
 
 def _shortcut(section: Any, spec: depths.ModelSpec) -> str:
-    """The section's shortcut, or the family's: 'none' for plain nets, else A for CIFAR
-    and B for ImageNet (pre-activation nets: B, projections for increasing dimensions,
-    as He et al. 2016)."""
+    """The section's shortcut, or the family's: 'none' for plain nets, else
+    `resnet.default_shortcut`; an error where the two disagree."""
     shortcut = section.shortcut
     if shortcut is None:
-        preactivation = block_class(section).preactivation
-        shortcut = 'none' if spec.plain else 'B' if preactivation else \
-            resnet.default_shortcut(spec.stem)
+        shortcut = 'none' if spec.plain else \
+            resnet.default_shortcut(spec.stem, block_class(section))
     if spec.plain and shortcut != 'none':
         raise ValueError(f'{section.name} is a plain net: it takes shortcut "none", not '
                          f'{shortcut!r}')
@@ -191,8 +188,9 @@ def record(section: Any, model: resnet.ResNet) -> dict[str, Any]:
     the name, the resolved shortcut, the variant, and the block where it is not the
     depth table's (one defined in a file as FILENAME.py:CLASS, wherever the file is)."""
     described = {'name': section.name, 'shortcut': model.shortcut, 'variant': section.variant}
-    if section.block:
-        path = block_file(section.block)
-        described['block'] = section.block if path is None else \
-            f'{os.path.basename(path)}:{section.block.rpartition(":")[2]}'
+    block = section.block or depths.model_spec(section.name).block
+    if block != depths.model_spec(section.name).block:
+        path = block_file(block)
+        described['block'] = block if path is None else \
+            f'{os.path.basename(path)}:{block.rpartition(":")[2]}'
     return described

@@ -8,8 +8,8 @@ experiment file: experiments/se_resnet.py) follows:
   `block(x) -> y` on NHWC activations in the compute dtype. `y` has
   `width * expansion` channels and a side of ceil(side / strides).
 - `width`: its inner width (the stage's width); `strides`: 1, or 2 for a stage's first
-  block; `shortcut`: 'A', 'B', 'C' or 'none' (`shortcut()` makes that path);
-  `zero_init_residual`: start as its shortcut (how is the block's to say);
+  block; `shortcut`: 'A', 'B', 'C' or 'none' (`Block.skip` makes that path; None in a
+  plain net); `zero_init_residual`: start as its shortcut (each block decides how);
   `dtype`: the compute dtype (parameters stay float32); `layers`: the injected building
   blocks (`resnet_jax.layers.Layers`: convolution, BatchNorm, `norm_relu`, dense, pooling),
   which are all a block may compute with besides jax.numpy, so that every platform can
@@ -18,7 +18,11 @@ experiment file: experiments/se_resnet.py) follows:
 - Class attributes: `expansion` (output channels over width), `preactivation` (True:
   its input is not normalised, so the network ends with BN + ReLU before the pooling, and
   its stem convolution has none after it), `three_by_three_norms` (the BatchNorms whose
-  output is the response of a 3x3 layer: resnet_jax.layer_responses).
+  output is the response of a 3x3 layer: resnet_jax.layer_responses); the package's
+  bottlenecks also `stride_on_3x3` (config `variant`: `with_variant`).
+- Helpers for a block's code: `self.conv(features, kernel, strides, name)`,
+  `self.skip(x)`, `self.last_norm(name)` (the BN that `zero_init_residual` zeroes);
+  `BasicBlock.branch(x)` is the basic block's residual function up to its last BN.
 
 Module names are stable, because checkpoints and weight conversion depend on them:
 `conv1`, `bn1`, ..., `shortcut_conv`, `shortcut_bn`.
@@ -56,7 +60,7 @@ def conv(layers: Layers, features: int, kernel: int, strides: int, dtype: Any, n
                        param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
 
 
-def shortcut(x: jax.Array, features: int, strides: int, kind: str, dtype: Any,
+def shortcut_path(x: jax.Array, features: int, strides: int, kind: str, dtype: Any,
              layers: Layers, norm: Callable | None) -> jax.Array | None:
     """The skip path of a block: identity, zero-padded identity (A), projection (B, C), or
     None for a plain block (kind 'none'). A projection is a 1x1 convolution followed by
@@ -102,7 +106,7 @@ class Block(nn.Module):
 
     def skip(self, x: jax.Array, *, normalised: bool = True) -> jax.Array | None:
         """This block's shortcut of `x` (a projection BN-normalised unless not `normalised`)."""
-        return shortcut(x, self.width * self.expansion, self.strides, self.shortcut,
+        return shortcut_path(x, self.width * self.expansion, self.strides, self.shortcut,
                         self.dtype, self.layers, self.norm if normalised else None)
 
     def last_norm(self, name: str) -> nn.Module:

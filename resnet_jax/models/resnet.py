@@ -3,8 +3,8 @@ pooling and a dense head; with pre-activation blocks (He et al. 2016) a BN + ReL
 the pooling.
 
 Module names are stable, because checkpoints and weight conversion depend on them:
-`stem_conv`, `stem_bn`, `stage{i}_block{j}` (1-based), `final_bn` (pre-activation nets)
-and `head`.
+`stem_conv`, `stem_bn` (not in pre-activation nets), `stage{i}_block{j}` (1-based),
+`final_bn` (pre-activation nets only) and `head`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ def option(default: Any, doc: str, choices: Sequence[Any] | None = None) -> Any:
                              metadata={'config': True, 'doc': doc, 'choices': choices})
 
 
-def default_shortcut(stem: str) -> str:
-    """The paper's shortcut of a family: A for the CIFAR ResNets, B for the ImageNet ones
-    (its choice for 50/101/152, and torchvision's; its Table 2 trained 18/34 with A)."""
-    return 'A' if stem == 'cifar' else 'B'
+def default_shortcut(stem: str, block: type[Block]) -> str:
+    """The papers' shortcut of a residual family: A for the CIFAR ResNets, B for the ImageNet
+    ones (the 2015 paper's choice for 50/101/152, and torchvision's; its Table 2 trained
+    18/34 with A); B for pre-activation nets, projections where dimensions increase (2016)."""
+    return 'A' if stem == 'cifar' and not block.preactivation else 'B'
 
 
 class ResNet(nn.Module):
@@ -55,10 +56,11 @@ class ResNet(nn.Module):
     num_classes: int
     shortcut: str | None = option(
         None, "'A' zero-padded identity, 'B' projections where the shape changes, 'C' "
-        "projections everywhere (Section 3.3), 'none' (plain nets); None: the family's, "
-        'A for CIFAR and B for ImageNet', (*SHORTCUTS, None))
+        "projections everywhere (Section 3.3), 'none' (plain nets); None: the family's "
+        '(default_shortcut)', (*SHORTCUTS, None))
     zero_init_residual: bool = option(
-        False, "every block starts as its shortcut (a zero scale of the branch's last BN)")
+        False, 'every block starts as its shortcut (the block says how: a zero scale of '
+        "the branch's last BN, or a zero last convolution in pre-activation blocks)")
     bn_momentum: float = option(0.9, 'momentum of the running BatchNorm statistics')
     bn_epsilon: float = option(1e-5, 'BatchNorm epsilon')
     bn_group_size: int = option(
@@ -116,7 +118,7 @@ class ResNet(nn.Module):
                 x = self.block(
                     width=width,
                     strides=2 if i > 1 and j == 1 else 1,
-                    shortcut=self.shortcut or default_shortcut(self.stem),
+                    shortcut=self.shortcut or default_shortcut(self.stem, self.block),
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
                     norm=norm,
