@@ -109,6 +109,13 @@ class Block(nn.Module):
         return shortcut_path(x, self.width * self.expansion, self.strides, self.shortcut,
                         self.dtype, self.layers, self.norm if normalised else None)
 
+    def preactivated_skip(self, x: jax.Array, preactivated: jax.Array) -> jax.Array | None:
+        """A pre-activation block's shortcut: a projection (without BN) of its normalised
+        input `preactivated`, as He et al. (2016); otherwise of `x` itself."""
+        projects = is_projection(self.shortcut, x.shape[-1], self.width * self.expansion,
+                                 self.strides)
+        return self.skip(preactivated if projects else x, normalised=False)
+
     def last_norm(self, name: str) -> nn.Module:
         """The branch's last BatchNorm; a zero scale (`zero_init_residual`) makes a
         post-activation block start as its shortcut."""
@@ -164,7 +171,7 @@ class PreActBasicBlock(Block):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.layers.norm_relu(self.norm(name='bn1'), x)
-        skip = self.skip(y if _projects(self, x) else x, normalised=False)
+        skip = self.preactivated_skip(x, y)
         y = self.conv(self.width, 3, self.strides, 'conv1')(y)
         y = self.layers.norm_relu(self.norm(name='bn2'), y)
         y = self.conv(self.width, 3, 1, 'conv2', _last_conv_init(self))(y)
@@ -184,18 +191,13 @@ class PreActBottleneckBlock(Block):
     def __call__(self, x: jax.Array) -> jax.Array:
         s1, s2 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
         y = self.layers.norm_relu(self.norm(name='bn1'), x)
-        skip = self.skip(y if _projects(self, x) else x, normalised=False)
+        skip = self.preactivated_skip(x, y)
         y = self.conv(self.width, 1, s1, 'conv1')(y)
         y = self.layers.norm_relu(self.norm(name='bn2'), y)
         y = self.conv(self.width, 3, s2, 'conv2')(y)
         y = self.layers.norm_relu(self.norm(name='bn3'), y)
         y = self.conv(self.width * self.expansion, 1, 1, 'conv3', _last_conv_init(self))(y)
         return y if skip is None else y + skip
-
-
-def _projects(block: Block, x: jax.Array) -> bool:
-    return is_projection(block.shortcut, x.shape[-1], block.width * block.expansion,
-                         block.strides)
 
 
 def _last_conv_init(block: Block) -> Callable:
