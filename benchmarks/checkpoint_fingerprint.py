@@ -1,12 +1,15 @@
 """Fingerprints of two short CPU runs' final checkpoints: a refactor must not change them.
 
     python benchmarks/checkpoint_fingerprint.py            # run on each revision, compare
+    python benchmarks/checkpoint_fingerprint.py --config.schedule.lr=0.1   # extra overrides
 
 Trains a CIFAR ResNet-8 for 12 steps in memory (synthetic data, the paper's augmentation,
 an evaluation half-way) and 8 steps streamed (a generated image folder of mixed sizes,
 scale augmentation, lighting), each with `python -m resnet_jax.main` from the repository
 root, and prints a SHA-256 over every array of each final checkpoint (paths and bytes)
 with the final evaluation. Equal lines on two revisions mean bitwise-equal training.
+Arguments are added to both runs' commands (to hold a setting fixed across revisions that
+changed its default).
 """
 
 from __future__ import annotations
@@ -64,13 +67,13 @@ def fingerprint(workdir: pathlib.Path) -> str:
             f'loss {final["loss"]!r}')
 
 
-def main() -> int:
+def main(overrides: list[str]) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
         write_folder(scratch / 'folder')
         for name, extra in RUNS.items():
             data = ([f'--config.data_dir={scratch / "folder"}'] if name == 'stream' else [])
-            command = [sys.executable, '-m', 'resnet_jax.main', *COMMON, *extra, *data,
+            command = [sys.executable, '-m', 'resnet_jax.main', *COMMON, *extra, *data, *overrides,
                        '--workdir', str(scratch / name)]
             result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
             if result.returncode != 0:
@@ -81,4 +84,4 @@ def main() -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -75,7 +75,7 @@ class NonFiniteError(RuntimeError):
 def check_config(config) -> None:
     """ConfigError for a config that resnet_jax rejects or this reference does not cover."""
     configs.validate_config(config)
-    train.check_bn_groups(config, num_devices=1)
+    train.check_batch_split(config, num_devices=1)
     if configs.pipeline(config) != 'memory':
         raise configs.ConfigError(
             f'dataset={config.dataset!r} is streamed: the PyTorch reference trains on the '
@@ -87,12 +87,16 @@ def check_config(config) -> None:
     unsupported = {'dtype': config.dtype != 'float32', 'init_from': bool(config.init_from),
                    'frozen_stages': bool(config.frozen_stages),
                    'frozen_batch_norm': config.frozen_batch_norm,
-                   'skip_nonfinite_steps': config.skip_nonfinite_steps}
+                   'skip_nonfinite_steps': config.skip_nonfinite_steps,
+                   'optim.name': config.optim.name != 'sgd',
+                   'loss.label_smoothing': bool(config.loss.label_smoothing),
+                   'grad_accum_steps': config.grad_accum_steps != 1}
     for field, set_ in unsupported.items():
         if set_:
             raise configs.ConfigError(
                 f'{field}={config[field]!r} is not covered by the PyTorch reference '
-                '(float32, from scratch, nothing frozen, no skipped steps)')
+                '(float32 SGD, from scratch, nothing frozen, no skipped steps, no label '
+                'smoothing or accumulation)')
 
 
 def make_optimizer(model: torch.nn.Module, config) -> torch.optim.SGD:

@@ -76,6 +76,7 @@ def get_config(arg: str = 'resnet50'):
     config.optim.weight_decay_params = 'kernels'
     config.schedule.name = 'cosine'
     config.schedule.base_lr = 0.01
+    config.schedule.base_batch_size = 64
     config.schedule.unit = 'steps'
     config.schedule.boundaries = ()
     config.schedule.warmup = 100

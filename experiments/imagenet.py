@@ -18,7 +18,9 @@ Recipe: scale augmentation (shorter side in [256, 480], random 224 crop, flip, p
 normalisation, PCA lighting 0.1); SGD, batch 256, momentum 0.9, weight decay 1e-4, lr 0.1
 divided by 10 "when the error plateaus", fixed here at epochs 30 and 60 of 90 (the schedule
 of fb.resnet.torch that reproduces the paper's numbers); option B shortcuts, stride on the
-first 1x1 (v1).
+first 1x1 (v1). Another global batch scales the rate linearly, 0.1 per 256 images, and
+above 256 warms it up over 5 epochs (Goyal et al. 2017); from a few thousand images on,
+experiments/mlperf_r50.py (LARS) is the recipe.
 """
 
 from resnet_jax import configs, models
@@ -40,6 +42,7 @@ def get_config(arg: str = 'resnet50'):
     config.model.variant = 'v1'
     config.model.shortcut = 'B'
     config.batch_size = 256
+    config.schedule.base_batch_size = 256  # lr 0.1 per 256 images, scaled with the batch.
     config.eval_batch_size = 250
     config.num_epochs = 90.0
     config.schedule.unit = 'epochs'

@@ -240,7 +240,7 @@ def build_steps(
         batches = [(images, labels, indices) for indices in train_indices]
     train_step = steps.make_train_step(
         model, tx, schedule, mesh, preprocess=preprocess, augment_key=augment_key,
-        skip_nonfinite=config.skip_nonfinite_steps)
+        options=steps.StepOptions.from_config(config))
     eval_step = evaluation.make_in_memory_eval_step(model, mesh, in_memory.normalize)
 
     start = time.perf_counter()

@@ -78,21 +78,46 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.total_steps = config_dict.placeholder(int)
     config.num_epochs = config_dict.placeholder(float)
 
+    # >1 splits each device's share of the batch into this many micro-batches, run one
+    # after the other, and averages their gradients: the update of the whole batch, with
+    # BatchNorm statistics per micro-batch (as on that many times more devices).
+    config.grad_accum_steps = 1
+
+    config.loss = ml_collections.ConfigDict()
+    # >0: cross-entropy against (1 - s) * one_hot + s / num_classes (Szegedy et al. 2016);
+    # the paper has none. Evaluation losses stay plain cross-entropy.
+    config.loss.label_smoothing = 0.0
+
     config.optim = ml_collections.ConfigDict()
+    # 'sgd' (the paper) or 'lars' (You et al. 2017: a per-kernel trust ratio, for batches
+    # of thousands; BatchNorm and bias parameters are excluded from the ratio).
+    config.optim.name = 'sgd'
     config.optim.momentum = 0.9
     config.optim.nesterov = False
     config.optim.weight_decay = 1e-4
     # 'all' decays every parameter (the paper, torchvision); 'kernels' skips BN and biases.
     config.optim.weight_decay_params = 'all'
+    config.optim.trust_coefficient = 0.001  # LARS: eta of the trust ratio.
+    config.optim.trust_eps = 0.0  # LARS: added to the ratio's denominator.
 
     config.schedule = ml_collections.ConfigDict()
-    config.schedule.name = 'step'  # 'step' (the paper) or 'cosine'.
+    # 'step' (the paper), 'cosine' or 'polynomial' (to end_lr, with `power`).
+    config.schedule.name = 'step'
+    # The peak rate is base_lr for every base_batch_size images of the global batch,
+    # scaled linearly (Goyal et al. 2017): the paper's 0.1 is per 128 images on CIFAR and
+    # per 256 on ImageNet. `lr` set: exactly that peak rate, whatever the batch.
     config.schedule.base_lr = 0.1
+    config.schedule.base_batch_size = 128
+    config.schedule.lr = config_dict.placeholder(float)
     config.schedule.unit = 'steps'  # unit of `boundaries` and `warmup`: 'steps' or 'epochs'.
     config.schedule.boundaries = ()  # step schedule: multiply by decay_factor at each.
     config.schedule.decay_factor = 0.1
-    config.schedule.warmup = 0  # length of the warm-up, in `unit`.
-    # None: linear warm-up from 0 to base_lr. A value: constant warm-up at this rate
+    config.schedule.end_lr = 0.0  # polynomial schedule: the rate at the end of the run.
+    config.schedule.power = 2.0  # polynomial schedule: the exponent.
+    # Length of the warm-up, in `unit`. None: 5 epochs when the rate is scaled up for a
+    # batch above base_batch_size (Goyal et al.), none otherwise.
+    config.schedule.warmup = config_dict.placeholder(float)
+    # None: linear warm-up from 0 to the peak rate. A value: constant warm-up at this rate
     # (the paper's ResNet-110 uses 0.01 for the first 400 iterations).
     config.schedule.warmup_lr = config_dict.placeholder(float)
 
@@ -198,6 +223,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(config.log_every_seconds >= 0,
           'log_every_seconds must be >= 0 (0: a line only every log_every_steps)')
     check(config.steps_in_flight >= 1, 'steps_in_flight must be >= 1')
+    check(config.grad_accum_steps >= 1, 'grad_accum_steps must be >= 1 (1: no accumulation)')
+    check(0 <= config.loss.label_smoothing < 1, 'loss.label_smoothing must be in [0, 1)')
     check(config.pad_pixels >= 0, 'pad_pixels must be >= 0')
     check(config.pixel_scale > 0, 'pixel_scale must be positive')
     check(not (config.model.bn_group_size and config.sync_batch_norm),
@@ -218,13 +245,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(schedule.unit in optim.DURATION_UNITS,
           f'schedule.unit={schedule.unit!r}: choose one of {optim.DURATION_UNITS}')
     check(schedule.base_lr > 0, f'schedule.base_lr={schedule.base_lr} must be positive')
-    check(schedule.warmup >= 0, 'schedule.warmup must be >= 0')
+    check(schedule.base_batch_size > 0, 'schedule.base_batch_size must be positive')
+    check(schedule.lr is None or schedule.lr > 0,
+          'schedule.lr must be positive (or None: base_lr scaled with the batch)')
+    check(schedule.warmup is None or schedule.warmup >= 0, 'schedule.warmup must be >= 0')
+    check(schedule.end_lr >= 0, 'schedule.end_lr must be >= 0')
+    check(schedule.power > 0, 'schedule.power must be positive')
     check(schedule.warmup_lr is None or schedule.warmup_lr > 0,
           'schedule.warmup_lr must be positive (or None for a linear warm-up)')
     boundaries = list(schedule.boundaries)
     check(boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
           f'schedule.boundaries={tuple(boundaries)} must be positive and increasing')
     optimizer = config.optim
+    check(optimizer.name in optim.OPTIMIZERS,
+          f'optim.name={optimizer.name!r}: choose one of {optim.OPTIMIZERS}')
+    check(optimizer.trust_coefficient > 0 and optimizer.trust_eps >= 0,
+          'optim.trust_coefficient must be positive and optim.trust_eps >= 0')
     check(0 <= optimizer.momentum < 1, 'optim.momentum must be in [0, 1)')
     check(optimizer.weight_decay >= 0, 'optim.weight_decay must be >= 0')
     check(optimizer.weight_decay_params in optim.WEIGHT_DECAY_PARAMS,

@@ -77,14 +77,22 @@ def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: in
     return model, tx, schedule, total_steps
 
 
-def check_bn_groups(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Each device's share of the batch must split into whole BatchNorm groups (a share of
-    at most one group is normalised whole, as that one group)."""
-    group, per_device = config.model.bn_group_size, config.batch_size // num_devices
-    if group and per_device > group and per_device % group:
+def check_batch_split(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Each device's share of the batch must split into grad_accum_steps micro-batches, and
+    each of those into whole BatchNorm groups (a micro-batch of at most one group is
+    normalised whole, as that one group)."""
+    accum, per_device = config.grad_accum_steps, config.batch_size // num_devices
+    if per_device % accum:
         raise configs.ConfigError(
-            f'model.bn_group_size={group} does not divide the {per_device} examples per '
-            f'device (batch_size={config.batch_size} on {num_devices} devices)')
+            f'grad_accum_steps={accum} does not divide the {per_device} examples per device '
+            f'(batch_size={config.batch_size} on {num_devices} devices): set batch_size to a '
+            f'multiple of {num_devices * accum}')
+    group, micro = config.model.bn_group_size, per_device // accum
+    if group and micro > group and micro % group:
+        raise configs.ConfigError(
+            f'model.bn_group_size={group} does not divide the {micro} examples per device '
+            f'and micro-batch (batch_size={config.batch_size} on {num_devices} devices, '
+            f'grad_accum_steps={accum})')
 
 
 def check_intervals(config: ml_collections.ConfigDict, total_steps: int) -> None:
@@ -102,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     the signal came while it loaded data or compiled (it stops after the first step).
     """
     configs.validate_config(config)
+    logging.info('%s', optim.describe_learning_rate(config))
     with preemption.StopRequest() as stop:
         return _train_and_evaluate(config, workdir, stop)
 
@@ -111,7 +120,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mesh = parallel.make_mesh()
     parallel.check_divisible(config.batch_size, mesh, 'batch_size')
     parallel.check_divisible(config.eval_batch_size, mesh, 'eval_batch_size')
-    check_bn_groups(config, mesh.devices.size)
+    check_batch_split(config, mesh.devices.size)
     workdir_path = prepare_workdir(workdir)
 
     data = inputs.open_dataset(config)

@@ -57,10 +57,10 @@ def test_groups_must_divide_each_devices_batch_and_exclude_sync_batch_norm():
     config = configs.get_base_config()
     config.model.bn_group_size = 48
     with pytest.raises(configs.ConfigError, match='does not divide the 64 examples per device'):
-        train.check_bn_groups(config, num_devices=2)
+        train.check_batch_split(config, num_devices=2)
     config.model.bn_group_size = 64
-    train.check_bn_groups(config, num_devices=2)
-    train.check_bn_groups(config, num_devices=4)  # 32 per device: one group, the whole
+    train.check_batch_split(config, num_devices=2)
+    train.check_batch_split(config, num_devices=4)  # 32 per device: one group, the whole
     config.sync_batch_norm = True
     config.total_steps = 10
     with pytest.raises(configs.ConfigError, match='exclude each other'):

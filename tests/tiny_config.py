@@ -12,6 +12,7 @@ FIELDS = {
     'model.name': 'cifar_resnet8', 'dataset': 'synthetic', 'image_size': 8, 'num_classes': 10,
     'synthetic.num_train_examples': 64, 'synthetic.num_eval_examples': 30, 'batch_size': 8,
     'eval_batch_size': 8, 'total_steps': 4, 'log_every_steps': 2, 'checkpoint_every_steps': 2,
+    'schedule.base_batch_size': 8,  # the base config's rate, 0.1, for the tiny batch
 }
 
 

@@ -103,7 +103,7 @@ class InMemoryInput:
                                                           model.dtype)
         self.train_step = steps.make_train_step(
             model, tx, schedule, mesh, preprocess=preprocessing.train,
-            augment_key=augment_key, skip_nonfinite=config.skip_nonfinite_steps)
+            augment_key=augment_key, options=steps.StepOptions.from_config(config))
         self.eval_step = evaluation.make_in_memory_eval_step(model, mesh,
                                                              preprocessing.normalize)
 

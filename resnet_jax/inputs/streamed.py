@@ -50,7 +50,7 @@ class StreamedInput:
         preprocessing = StreamedPreprocessing.from_config(config, model.dtype)
         self.train_step = steps.make_train_step(
             model, tx, schedule, mesh, preprocess=preprocessing.train,
-            augment_key=augment_key, skip_nonfinite=config.skip_nonfinite_steps)
+            augment_key=augment_key, options=steps.StepOptions.from_config(config))
         self.predictor = evaluation.LocalPredictor(model, preprocessing.normalize)
         self.description = (
             f'{source.description}, {source.num_examples("train")} train / '
