@@ -1,7 +1,7 @@
-"""Training curves as the paper's Figure 6: error (%) against iterations, plain nets and
-ResNets in panels side by side, training error thin and dashed, test error bold.
+"""Training curves as the paper's Figure 6: error (%) against iterations (or epochs), plain
+nets and ResNets in panels side by side, training error thin and dashed, test error bold.
 
-    python -m resnet_jax.plot WORKDIR... -o FILE.png [--title TEXT]
+    python -m resnet_jax.plot WORKDIR... -o FILE.png [--title TEXT] [--x epochs]
 
 Each WORKDIR is a run's (its metrics.jsonl; config.json names the model). The training
 error is 100 - the logged training accuracy (augmented minibatches, averaged over each
@@ -58,19 +58,36 @@ def curves(workdir: pathlib.Path) -> dict:
     family, label = model_label(config, workdir)
     split = eval_split(records)
 
-    def series(key: str) -> tuple[list[int], list[float]]:
+    # Steps per epoch, from a training record's epoch (runs of other batch sizes compare
+    # at equal epochs); None for runs that predate the record.
+    per_epoch = next((r['step'] / r['train/epoch'] for r in records
+                      if r.get('train/epoch')), None)
+
+    def series(key: str) -> tuple[list[float], list[float]]:
         points = [(r['step'], 100 * (1 - r[key])) for r in records if key in r]
         return [s for s, _ in points], [e for _, e in points]
 
-    return {'family': family, 'label': label, 'split': split,
+    return {'family': family, 'label': label, 'split': split, 'steps_per_epoch': per_epoch,
             'train': series('train/accuracy'),
             'test': series(f'{split}/top1_accuracy') if split else ([], [])}
 
 
+X_AXES = ('iterations', 'epochs')
+
+
 def plot_workdirs(workdirs: Sequence[str | pathlib.Path], output: str | pathlib.Path,
-                  title: str | None = None) -> pathlib.Path:
-    """Draws the runs of `workdirs` into the PNG `output`; PlotError for a bad workdir."""
+                  title: str | None = None, x: str = 'iterations') -> pathlib.Path:
+    """Draws the runs of `workdirs` into the PNG `output`, against iterations or epochs;
+    PlotError for a bad workdir."""
     runs = [curves(pathlib.Path(w)) for w in workdirs]
+    if x == 'epochs':
+        for run, workdir in zip(runs, workdirs, strict=True):
+            if not run['steps_per_epoch']:
+                raise PlotError(f'{workdir} records no train/epoch (a run of an older '
+                                'version): plot it against iterations')
+            for kind in ('train', 'test'):
+                steps, errors = run[kind]
+                run[kind] = [s / run['steps_per_epoch'] for s in steps], errors
     # Several seeds of one model: tell them apart by their directory.
     labels = [r['label'] for r in runs]
     for run, workdir in zip(runs, workdirs, strict=True):
@@ -90,7 +107,7 @@ def plot_workdirs(workdirs: Sequence[str | pathlib.Path], output: str | pathlib.
             ax.plot(*run['test'], color=color, linewidth=2.2, label=run['label'])
         splits = sorted({r['split'] for r in members if r['split']}) or ['test']
         ax.set_title({'plain': 'plain nets', 'ResNet': 'ResNets'}.get(family, 'other nets'))
-        ax.set_xlabel('iterations')
+        ax.set_xlabel(x)
         ax.grid(True, alpha=0.3)
         ax.legend(title=f'bold: {"/".join(splits)} error; dashed: training error',
                   fontsize=8, title_fontsize=8)
@@ -116,9 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('workdirs', nargs='+', metavar='WORKDIR')
     parser.add_argument('-o', '--output', required=True, metavar='FILE.png')
     parser.add_argument('--title', default=None)
+    parser.add_argument('--x', choices=X_AXES, default='iterations',
+                        help='the horizontal axis: iterations, or epochs (to compare runs '
+                        'of other batch sizes)')
     args = parser.parse_args(argv)
     try:
-        written = plot_workdirs(args.workdirs, args.output, args.title)
+        written = plot_workdirs(args.workdirs, args.output, args.title, args.x)
     except (ValueError, OSError) as error:  # PlotError, unreadable JSON, unwritable -o
         parser.error(str(error))
     print(written)

@@ -161,7 +161,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  time.perf_counter() - compile_start, mesh.devices.size, start_step, total_steps)
 
     loop = _Loop(config, workdir_path, total_steps, checkpointer, writer,
-                 run_input.eval_split, start_step)
+                 run_input.eval_split, start_step, run_input.steps_per_epoch)
     try:
         batch = first_batch
         for step in range(start_step, total_steps):
@@ -197,8 +197,9 @@ class _Loop:
     """What happens between train steps: metrics, non-finite checks, saves, stops."""
 
     def __init__(self, config, workdir, total_steps, checkpointer, writer, eval_split,
-                 start_step):
+                 start_step, steps_per_epoch):
         self.config = config
+        self.steps_per_epoch = steps_per_epoch
         self.workdir = workdir
         self.total_steps = total_steps
         self.checkpointer = checkpointer
@@ -301,7 +302,8 @@ class _Loop:
         eta = (self.total_steps - step) * self.config.batch_size / images_per_sec
         self.writer.write(step, {f'train/{k}': v for k, v in means.items()}
                           | {'train/images_per_sec': images_per_sec,
-                             'train/input_wait_fraction': input_wait})
+                             'train/input_wait_fraction': input_wait,
+                             'train/epoch': step / self.steps_per_epoch})
         skipped = f' | skipped {means["skipped"]:.0f}' if means.get('skipped') else ''
         logging.info('step %d/%d | loss %.4f | acc %.2f%% | lr %.4g | %.0f img/s | '
                      'input wait %.0f%% | ETA %s%s',
