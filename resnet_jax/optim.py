@@ -50,22 +50,26 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> tuple[float, str]:
                 'with the global batch)')
 
 
+def _scaled_up(config: ml_collections.ConfigDict) -> bool:
+    """Whether the peak rate is base_lr scaled up for a batch above base_batch_size."""
+    sched = config.schedule
+    return sched.lr is None and config.batch_size > sched.base_batch_size
+
+
 def warmup_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """`schedule.warmup` in steps; when it is None, Goyal et al.'s rule: 5 epochs when the
     rate is scaled above `base_lr`, none otherwise."""
     sched = config.schedule
     if sched.warmup is not None:
         return to_steps(sched.warmup, sched.unit, steps_per_epoch)
-    scaled_up = sched.lr is None and config.batch_size > sched.base_batch_size
-    return to_steps(SCALED_WARMUP_EPOCHS, 'epochs', steps_per_epoch) if scaled_up else 0
+    return to_steps(SCALED_WARMUP_EPOCHS, 'epochs', steps_per_epoch) if _scaled_up(config) else 0
 
 
 def describe_learning_rate(config: ml_collections.ConfigDict) -> str:
     """One line for the start of a run: the peak rate and why, and the warm-up."""
     _, why = peak_learning_rate(config)
     sched = config.schedule
-    scaled_up = sched.lr is None and config.batch_size > sched.base_batch_size
-    if sched.warmup is None and scaled_up:
+    if sched.warmup is None and _scaled_up(config):
         ramp = (f'linear warm-up from 0 over {SCALED_WARMUP_EPOCHS} epochs (Goyal et al., '
                 'for the scaled rate)')
     elif not sched.warmup:
@@ -103,7 +107,7 @@ def learning_rate_schedule(
         main = optax.piecewise_constant_schedule(
             peak, {b: sched.decay_factor for b in boundaries})
     elif sched.name == 'cosine':
-        # The decay spans the steps after the warm-up, so it ends at exactly 0 (or end_lr).
+        # The decay spans the steps after the warm-up, so it ends at exactly 0.
         main = optax.cosine_decay_schedule(peak, decay_steps)
     else:
         main = optax.polynomial_schedule(peak, sched.end_lr, sched.power, decay_steps)
