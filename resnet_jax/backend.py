@@ -2,6 +2,7 @@
 (models, steps, loop) and what makes it fast on a given platform.
 
 - `layers`: the model's building blocks (`resnet_jax.layers.Layers`), injected into it;
+- `compute_dtype`: the dtype it computes in (bfloat16 on a CPU only where it pays);
 - `jit_options` and `training_context`: compiler options of the steps, and a context for
   the model's training forward pass;
 - `run_keys`: the run's random keys;
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from resnet_jax.cpu import compiler, host_memory, kernel_layers
 from resnet_jax.layers import XLA_LAYERS, Layers
@@ -29,6 +31,14 @@ def layers(cpu_kernels: str, platform: str) -> Layers:
     if platform != 'cpu':
         return XLA_LAYERS  # nothing is built or traced for the CPU kernels elsewhere
     return kernel_layers.layers(cpu_kernels)
+
+
+def compute_dtype(dtype: str, cpu_kernels: str, platform: str) -> jnp.dtype:
+    """The dtype a model computes in for `config.dtype` on `platform`: as asked, except that
+    a CPU computes bfloat16 only where its kernels make it faster than float32."""
+    if platform != 'cpu':
+        return jnp.dtype(dtype)
+    return kernel_layers.compute_dtype(dtype, cpu_kernels)
 
 
 def jit_options(platform: str) -> dict[str, Any]:

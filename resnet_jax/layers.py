@@ -147,7 +147,7 @@ class FusingBatchNorm(BatchNorm):
     relu=True)`: one op of `fused` for the inputs it covers (statistics per device: no
     `axis_name`), else BatchNorm, the addition and the ReLU in XLA. The variables are
     flax's BatchNorm's either way, made the same way, and the results the same to float32
-    rounding."""
+    rounding (bfloat16 activations: to their rounding)."""
 
     fused: FusedBatchNormAddRelu | None = None
 
@@ -177,11 +177,14 @@ class FusingBatchNorm(BatchNorm):
         # never forms BN(x) apart from the addition.
         return (self.fused is not None and self.fused.covers(x) and not self._is_ghost(x)
                 and not self.is_mutable_collection('intermediates')
-                and (residual is None or residual.dtype == jnp.float32)
+                and (residual is None or residual.dtype == x.dtype)
                 and self.use_running_average is not None
                 and self.axis in (-1, x.ndim - 1) and self.axis_name is None
                 and self.use_scale and self.use_bias
-                and self.param_dtype == jnp.float32 and self.dtype in (None, jnp.float32))
+                and self.param_dtype == jnp.float32
+                # The kernels' output has x's dtype: flax's must be the same.
+                and jnp.dtype(self.dtype or jnp.promote_types(x.dtype, self.param_dtype))
+                == x.dtype)
 
 
 def fused_norm_relu(norm: Callable[..., jax.Array], x: jax.Array,

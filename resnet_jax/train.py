@@ -62,8 +62,11 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 bn_axis_name: str | None = None) -> models.ResNet:
     """The model that `config.model`, `config.dtype` and `config.cpu_kernels` describe, with
     the building blocks of JAX's default platform."""
-    return models.from_config(config, num_classes, bn_axis_name=bn_axis_name,
-                              layers=backend.layers(config.cpu_kernels, jax.default_backend()))
+    platform = jax.default_backend()
+    return models.from_config(
+        config, num_classes, bn_axis_name=bn_axis_name,
+        layers=backend.layers(config.cpu_kernels, platform),
+        dtype=backend.compute_dtype(config.dtype, config.cpu_kernels, platform))
 
 
 def build_model_and_optimizer(config: ml_collections.ConfigDict, num_classes: int,

@@ -83,6 +83,25 @@ def assert_equal_up_to_rounding(got, want, *, terms: int, steps: int = 1, scale=
             f'{float(want[worst])!r}, difference {difference[worst]:.3g}, bound {bound[worst]:.3g}')
 
 
+def assert_bfloat16_rounding_of(got, want, *, terms: int, scale=None, err_msg: str = '') -> None:
+    """`got`, a sum of `terms` products of bfloat16 values accumulated in float32 and rounded
+    to bfloat16 once, against `want`, the same sum of the same values in float32 (another
+    order, not rounded): within one bfloat16 rounding of |want| (the relative 2u of
+    `rounding_bound(1)`) plus the float32 bound of `terms` terms times `scale`."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f'{err_msg} shapes {got.shape} != {want.shape}'
+    if scale is None:
+        scale = np.nanmax(np.abs(want), initial=0.0)
+    bound = (rounding_bound(1, roundoff=BFLOAT16_ROUNDOFF) * np.abs(want)
+             + rounding_bound(terms) * scale)
+    difference = np.abs(got - want)
+    outside = ~(difference <= bound)
+    assert not outside.any(), (
+        f'{err_msg} {outside.sum()} of {outside.size} elements differ by more than a '
+        f'bfloat16 rounding plus the float32 bound of {terms} terms; the worst difference '
+        f'{np.max(difference - bound):.3g} beyond its bound')
+
+
 def assert_moved_beyond(after, before, *, terms: int, steps: int = 1,
                         fraction: float = 0.9) -> None:
     """At least `fraction` of the arrays moved by more than the rounding bound between

@@ -6,11 +6,17 @@ XLA's ops (`TUNED`: x86-64 with AVX-512); on every other CPU (AVX2 without AVX-5
 older x86) XLA's. 'kernels' uses them on any CPU they build for, 'conv' only their
 convolutions, 'xla' none. Where they cannot be built (no compiler, say), a warning and
 XLA's ops.
+
+bfloat16 (`config.dtype`) needs the kernels' bfloat16 convolutions (`compute_dtype`): XLA:CPU
+computes bfloat16 convolutions slower than float32 ones, so a run asking for bfloat16
+where they do not run computes in float32, and says so once.
 """
 
 import dataclasses
 import functools
 import logging
+
+import jax.numpy as jnp
 
 from resnet_jax.cpu.kernels import batchnorm, conv, native, pooling
 from resnet_jax.layers import XLA_LAYERS, Conv, FusingBatchNorm, Layers, fused_norm_relu
@@ -18,6 +24,9 @@ from resnet_jax.layers import XLA_LAYERS, Conv, FusingBatchNorm, Layers, fused_n
 CHOICES = ('auto', 'kernels', 'conv', 'xla')
 # Instruction sets (native.ISAS) on which 'auto' picks the kernels.
 TUNED = ('avx512',)
+# The CPU kinds, (vendor, bfloat16 instructions of native.BF16_ISAS), on which the bfloat16
+# tiles were tested and measured to beat float32 (docs/cpu.md): where 'auto' uses them.
+TUNED_BF16 = (('AuthenticAMD', 'avx512_bf16'),)
 
 _CONVOLUTIONS = Layers(
     conv=functools.partial(Conv, conv_general_dilated=conv.conv_general_dilated,
@@ -50,3 +59,37 @@ def _tuned(isa: str | None) -> bool:
     logging.info("The CPU kernels are not tuned for %s; using XLA's ops "
                  '(--config.cpu_kernels=kernels uses them anyway)', isa)
     return False
+
+
+def compute_dtype(dtype: str, choice: str) -> jnp.dtype:
+    """The dtype a model computes in on this CPU for `config.dtype` and `config.cpu_kernels`:
+    bfloat16 only where the kernels' bfloat16 convolutions run ('auto': on a CPU kind of
+    `TUNED_BF16`), else float32, with a warning."""
+    if dtype != 'bfloat16':
+        return jnp.dtype(dtype)
+    reason = _why_not_bfloat16(choice)
+    if reason is None:
+        return jnp.dtype(jnp.bfloat16)
+    _warn_float32(reason)
+    return jnp.dtype(jnp.float32)
+
+
+def _why_not_bfloat16(choice: str) -> str | None:
+    if choice == 'xla':
+        return "cpu_kernels='xla' computes bfloat16 convolutions slower than float32 ones"
+    if choice == 'auto' and (native.cpu_vendor(), native.host_bf16_isa()) not in TUNED_BF16:
+        return ('this kind of CPU has no bfloat16 tiles tested and tuned for it '
+                f'(tuned: {TUNED_BF16}; --config.cpu_kernels=kernels uses any it has)')
+    try:
+        native.load()
+    except native.KernelBuildError as e:
+        return f'the CPU kernels are unavailable ({e})'
+    if not conv.bfloat16_ready():
+        return "the CPU kernels have no bfloat16 tiles for this CPU (they need avx512_bf16)"
+    return None
+
+
+@functools.cache
+def _warn_float32(reason: str) -> None:
+    logging.warning('dtype=bfloat16 computes in float32 on this CPU: %s.', reason)
+

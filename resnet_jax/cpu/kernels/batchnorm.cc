@@ -5,7 +5,8 @@
 // backward pass: the BatchNorm and ReLU passes of a CIFAR ResNet step took as long as its
 // convolutions. These make the fewest passes over memory a training BN needs, on every
 // core of XLA's intra-op pool. Activations are float32 [..., C] (C a multiple of 16),
-// viewed as M rows of C channels:
+// viewed as M rows of C channels, or bfloat16 (the `_bf16` handlers: computed in float32,
+// every output activation rounded once); per-channel vectors are float32:
 //
 //   resnet_bn_stats        x -> [mean; var] over the rows (biased variance), [2, C]
 //   resnet_bn_apply        x, [a; b] -> y = act(x * a + b)            act: ReLU or identity
@@ -49,7 +50,7 @@ struct Rows {
 ffi::ErrorOr<Rows> RowsOf(ffi::Span<const int64_t> dims) {
   if (dims.size() == 0 || dims.back() % 16 != 0) {
     return ffi::Unexpected(ffi::Error::InvalidArgument(
-        "batchnorm: needs float32 [..., C] activations, C a multiple of 16"));
+        "batchnorm: needs [..., C] activations, C a multiple of 16"));
   }
   int64_t m = 1;
   for (size_t i = 0; i + 1 < dims.size(); ++i) m *= dims[i];
@@ -111,16 +112,16 @@ std::vector<double> ChunkedSums(ffi::ThreadPool& pool, Rows rows, F terms) {
   return total;
 }
 
-ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                 ffi::ResultBuffer<ffi::F32> stats) {
+template <ffi::DataType D>
+ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::ResultBuffer<ffi::F32> stats) {
   const auto rows = RowsOf(x.dimensions());
   if (rows.has_error()) return rows.error();
   const int64_t M = rows->m, C = rows->c;
   if (ffi::Error e = CheckVectors(stats->dimensions(), 2, C); e.failure()) return e;
-  const float* xs = x.typed_data();
+  const auto* xs = x.typed_data();
   // Sums of x - shift, shift = the first row: near the mean, so that neither the float32
   // sums nor E[d^2] - E[d]^2 lose the digits of a variance that is small beside the mean.
-  const float* shift = xs;
+  const auto* shift = xs;
   const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t i, int64_t c) {
     const vfloat d = LoadVector(xs + i) - LoadVector(shift + c);
     return std::pair(d, d);
@@ -128,23 +129,25 @@ ffi::Error Stats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   float* out = stats->typed_data();
   for (int64_t c = 0; c < C; ++c) {
     const double mean_d = sums[c] / double(M);
-    out[c] = float(double(shift[c]) + mean_d);
+    out[c] = float(double(ToFloat(shift[c])) + mean_d);
     out[C + c] = float(std::max(0.0, sums[C + c] / double(M) - mean_d * mean_d));
   }
   return ffi::Error::Success();
 }
 
 // y = act(x * a + b [+ residual]); residual may be null.
-ffi::Error Apply(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
-                 const ffi::Buffer<ffi::F32>& coef, const float* residual,
-                 ffi::ResultBuffer<ffi::F32>& y, bool relu) {
+template <ffi::DataType D>
+ffi::Error Apply(ffi::ThreadPool& pool, const ffi::Buffer<D>& x,
+                 const ffi::Buffer<ffi::F32>& coef, const ffi::NativeType<D>* residual,
+                 ffi::ResultBuffer<D>& y, bool relu) {
   const auto rows = RowsOf(x.dimensions());
   if (rows.has_error()) return rows.error();
   const int64_t C = rows->c;
   if (ffi::Error e = CheckVectors(coef.dimensions(), 2, C); e.failure()) return e;
   if (ffi::Error e = CheckSameShape(x.dimensions(), y->dimensions()); e.failure()) return e;
-  const float *xs = x.typed_data(), *a = coef.typed_data(), *b = a + C;
-  float* ys = y->typed_data();
+  const auto* xs = x.typed_data();
+  const float *a = coef.typed_data(), *b = a + C;
+  auto* ys = y->typed_data();
   ForRows(pool, *rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t c = 0; c < C; c += kLanes) {
@@ -158,34 +161,38 @@ ffi::Error Apply(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
   return ffi::Error::Success();
 }
 
-ffi::Error ApplyOnly(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> coef,
-                     ffi::ResultBuffer<ffi::F32> y, bool relu) {
-  return Apply(pool, x, coef, nullptr, y, relu);
+template <ffi::DataType D>
+ffi::Error ApplyOnly(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<ffi::F32> coef,
+                     ffi::ResultBuffer<D> y, bool relu) {
+  return Apply<D>(pool, x, coef, nullptr, y, relu);
 }
 
-ffi::Error ApplyAdd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> coef,
-                    ffi::Buffer<ffi::F32> residual, ffi::ResultBuffer<ffi::F32> y,
-                    bool relu) {
+template <ffi::DataType D>
+ffi::Error ApplyAdd(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<ffi::F32> coef,
+                    ffi::Buffer<D> residual, ffi::ResultBuffer<D> y, bool relu) {
   if (ffi::Error e = CheckSameShape(x.dimensions(), residual.dimensions()); e.failure()) {
     return e;
   }
-  return Apply(pool, x, coef, residual.typed_data(), y, relu);
+  return Apply<D>(pool, x, coef, residual.typed_data(), y, relu);
 }
 
 // dz: dy where the forward output y is positive (with the ReLU), else dy.
-inline vfloat OutputGrad(const float* dy, const float* y, int64_t i, bool relu) {
+template <typename T>
+inline vfloat OutputGrad(const T* dy, const T* y, int64_t i, bool relu) {
   const vfloat g = LoadVector(dy + i);
   return relu ? Select((vint)(LoadVector(y + i) > vfloat{}), g) : g;
 }
 
-ffi::Error CheckGradShapes(const ffi::Buffer<ffi::F32>& dy, const ffi::Buffer<ffi::F32>& y,
-                           const ffi::Buffer<ffi::F32>& x) {
+template <ffi::DataType D>
+ffi::Error CheckGradShapes(const ffi::Buffer<D>& dy, const ffi::Buffer<D>& y,
+                           const ffi::Buffer<D>& x) {
   if (ffi::Error e = CheckSameShape(dy.dimensions(), y.dimensions()); e.failure()) return e;
   return CheckSameShape(dy.dimensions(), x.dimensions());
 }
 
-ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> y,
-                     ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
+template <ffi::DataType D>
+ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<D> dy, ffi::Buffer<D> y,
+                     ffi::Buffer<D> x, ffi::Buffer<ffi::F32> mean,
                      ffi::ResultBuffer<ffi::F32> sums_out, bool relu) {
   const auto rows = RowsOf(x.dimensions());
   if (rows.has_error()) return rows.error();
@@ -195,7 +202,7 @@ ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   if (mean.element_count() != size_t(C)) {
     return ffi::Error::InvalidArgument("batchnorm: mean of the wrong size");
   }
-  const float *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
+  const auto *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
   const float* mu = mean.typed_data();
   const std::vector<double> sums = ChunkedSums(pool, *rows, [&](int64_t i, int64_t c) {
     return std::pair(OutputGrad(gs, ys, i, relu), LoadVector(xs + i) - LoadVector(mu + c));
@@ -206,19 +213,19 @@ ffi::Error GradStats(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
 }
 
 // dx = dz * p + (x - mean) * q + s, and dz where dz_out is not null.
-ffi::Error GradInput(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& dy,
-                     const ffi::Buffer<ffi::F32>& y, const ffi::Buffer<ffi::F32>& x,
-                     const ffi::Buffer<ffi::F32>& coef, ffi::ResultBuffer<ffi::F32>& dx,
-                     float* dz_out, bool relu) {
+template <ffi::DataType D>
+ffi::Error GradInput(ffi::ThreadPool& pool, const ffi::Buffer<D>& dy, const ffi::Buffer<D>& y,
+                     const ffi::Buffer<D>& x, const ffi::Buffer<ffi::F32>& coef,
+                     ffi::ResultBuffer<D>& dx, ffi::NativeType<D>* dz_out, bool relu) {
   const auto rows = RowsOf(x.dimensions());
   if (rows.has_error()) return rows.error();
   const int64_t C = rows->c;
   if (ffi::Error e = CheckGradShapes(dy, y, x); e.failure()) return e;
   if (ffi::Error e = CheckSameShape(x.dimensions(), dx->dimensions()); e.failure()) return e;
   if (ffi::Error e = CheckVectors(coef.dimensions(), 4, C); e.failure()) return e;
-  const float *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
+  const auto *gs = dy.typed_data(), *ys = y.typed_data(), *xs = x.typed_data();
   const float *p = coef.typed_data(), *q = p + C, *s = p + 2 * C, *mu = p + 3 * C;
-  float* dxs = dx->typed_data();
+  auto* dxs = dx->typed_data();
   ForRows(pool, *rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t c = 0; c < C; c += kLanes) {
@@ -233,43 +240,63 @@ ffi::Error GradInput(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& dy,
   return ffi::Error::Success();
 }
 
-ffi::Error GradInputOnly(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
-                         ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> x,
-                         ffi::Buffer<ffi::F32> coef, ffi::ResultBuffer<ffi::F32> dx,
+template <ffi::DataType D>
+ffi::Error GradInputOnly(ffi::ThreadPool pool, ffi::Buffer<D> dy, ffi::Buffer<D> y,
+                         ffi::Buffer<D> x, ffi::Buffer<ffi::F32> coef, ffi::ResultBuffer<D> dx,
                          bool relu) {
-  return GradInput(pool, dy, y, x, coef, dx, nullptr, relu);
+  return GradInput<D>(pool, dy, y, x, coef, dx, nullptr, relu);
 }
 
-ffi::Error GradInputAndOutput(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
-                              ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> x,
-                              ffi::Buffer<ffi::F32> coef, ffi::ResultBuffer<ffi::F32> dx,
-                              ffi::ResultBuffer<ffi::F32> dz, bool relu) {
+template <ffi::DataType D>
+ffi::Error GradInputAndOutput(ffi::ThreadPool pool, ffi::Buffer<D> dy, ffi::Buffer<D> y,
+                              ffi::Buffer<D> x, ffi::Buffer<ffi::F32> coef,
+                              ffi::ResultBuffer<D> dx, ffi::ResultBuffer<D> dz, bool relu) {
   if (ffi::Error e = CheckSameShape(x.dimensions(), dz->dimensions()); e.failure()) return e;
-  return GradInput(pool, dy, y, x, coef, dx, dz->typed_data(), relu);
+  return GradInput<D>(pool, dy, y, x, coef, dx, dz->typed_data(), relu);
 }
-
-using F32 = ffi::Buffer<ffi::F32>;
-using F32Result = ffi::ResultBuffer<ffi::F32>;
 
 }  // namespace
 
-// Every handler takes XLA's intra-op pool; activations and vectors are float32 arrays.
+// Every handler takes XLA's intra-op pool; per-channel vectors are float32 arrays, and
+// activations float32 (the plain names) or bfloat16 (`_bf16`).
 #define RESNET_BN_BINDING ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
+#define RESNET_BN_HANDLERS(SUFFIX, D)                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_stats##SUFFIX, Stats<D>,                          \
+                                RESNET_BN_BINDING.Arg<ffi::Buffer<D>>()                      \
+                                    .Ret<ffi::Buffer<ffi::F32>>());                          \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_apply##SUFFIX, ApplyOnly<D>,                      \
+                                RESNET_BN_BINDING.Arg<ffi::Buffer<D>>()                      \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ret<ffi::Buffer<D>>()                                   \
+                                    .Attr<bool>("relu"));                                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_apply_add##SUFFIX, ApplyAdd<D>,                   \
+                                RESNET_BN_BINDING.Arg<ffi::Buffer<D>>()                      \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Ret<ffi::Buffer<D>>()                                   \
+                                    .Attr<bool>("relu"));                                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_stats##SUFFIX, GradStats<D>,                 \
+                                RESNET_BN_BINDING.Arg<ffi::Buffer<D>>()                      \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ret<ffi::Buffer<ffi::F32>>()                            \
+                                    .Attr<bool>("relu"));                                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_input##SUFFIX, GradInputOnly<D>,             \
+                                RESNET_BN_BINDING.Arg<ffi::Buffer<D>>()                      \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ret<ffi::Buffer<D>>()                                   \
+                                    .Attr<bool>("relu"));                                    \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_input_dz##SUFFIX, GradInputAndOutput<D>,     \
+                                RESNET_BN_BINDING.Arg<ffi::Buffer<D>>()                      \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Arg<ffi::Buffer<D>>()                                   \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                            \
+                                    .Ret<ffi::Buffer<D>>()                                   \
+                                    .Ret<ffi::Buffer<D>>()                                   \
+                                    .Attr<bool>("relu"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_stats, Stats,
-                              RESNET_BN_BINDING.Arg<F32>().Ret<F32>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_apply, ApplyOnly,
-                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Ret<F32>().Attr<bool>(
-                                  "relu"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_apply_add, ApplyAdd,
-                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Ret<F32>()
-                                  .Attr<bool>("relu"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_stats, GradStats,
-                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Attr<bool>("relu"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_input, GradInputOnly,
-                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Attr<bool>("relu"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_bn_grad_input_dz, GradInputAndOutput,
-                              RESNET_BN_BINDING.Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Attr<bool>("relu"));
+RESNET_BN_HANDLERS(, ffi::F32)
+RESNET_BN_HANDLERS(_bf16, ffi::BF16)

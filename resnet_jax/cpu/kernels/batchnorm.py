@@ -5,8 +5,10 @@
 `train` normalises with the batch's statistics (and returns them for the running
 averages), `infer` with given ones. Both are differentiable (custom VJPs whose backward
 passes are kernels too) and match `flax.linen.BatchNorm` (biased variance, epsilon inside
-the square root) to float32 rounding. They take float32 [..., C] activations with C a
-multiple of 16 (`covers`); per-channel vectors are float32 [C].
+the square root) to float32 rounding. They take float32 or bfloat16 [..., C] activations
+with C a multiple of 16 (`covers`; bfloat16 ones are computed in float32 and every output
+activation rounded once, as flax's BatchNorm with dtype=bfloat16 computes); per-channel
+vectors are float32 [C].
 """
 
 from functools import partial
@@ -20,7 +22,24 @@ from resnet_jax.cpu.kernels import native
 
 def covers(x: jax.Array) -> bool:
     """Whether the kernels take activations like `x`."""
-    return x.dtype == jnp.float32 and x.ndim >= 2 and x.shape[-1] % 16 == 0
+    return x.dtype in (jnp.float32, jnp.bfloat16) and x.ndim >= 2 and x.shape[-1] % 16 == 0
+
+
+def _activations(target: str, count: int, x: jax.Array, *args: jax.Array,
+                 **attributes) -> list[jax.Array]:
+    """The kernel `target` for x's dtype, with `count` results of x's shape and dtype."""
+    return native.call(_for_dtype(target, x), [x.shape] * count, x, *args, dtype=x.dtype,
+                       **attributes)
+
+
+def _sums(target: str, rows: int, x: jax.Array, *args: jax.Array, **attributes) -> jax.Array:
+    """The kernel `target` for x's dtype, with one float32 result of `rows` per-channel rows."""
+    (sums,) = native.call(_for_dtype(target, x), [(rows, x.shape[-1])], x, *args, **attributes)
+    return sums
+
+
+def _for_dtype(target: str, x: jax.Array) -> str:
+    return target + '_bf16' if x.dtype == jnp.bfloat16 else target
 
 
 def train(x: jax.Array, scale: jax.Array, bias: jax.Array, residual: jax.Array | None = None,
@@ -45,7 +64,7 @@ def infer(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias:
 def _apply(x, a, b, extra, relu):
     """act(x * a + b [+ residual]) for `extra` = () or (residual,)."""
     target = 'resnet_bn_apply_add' if extra else 'resnet_bn_apply'
-    (y,) = native.call(target, [x.shape], x, jnp.stack([a, b]), *extra, relu=relu)
+    (y,) = _activations(target, 1, x, jnp.stack([a, b]), *extra, relu=relu)
     return y
 
 
@@ -63,7 +82,7 @@ def _train(x, scale, bias, extra, relu, epsilon):
 
 
 def _train_fwd(x, scale, bias, extra, relu, epsilon):
-    (stats,) = native.call('resnet_bn_stats', [(2, x.shape[-1])], x)
+    stats = _sums('resnet_bn_stats', 2, x)
     mean, var = stats[0], stats[1]
     inv_std = lax.rsqrt(var + epsilon)
     a = scale * inv_std
@@ -77,8 +96,7 @@ def _train_bwd(relu, epsilon, kept, cotangents):
     x, y, mean, inv_std, scale, extra = kept
     dy = cotangents[0]  # mean and var are stop_gradient'ed by `train`
     mask_from = y if relu else dy  # not read without the ReLU
-    (sums,) = native.call('resnet_bn_grad_stats', [(2, x.shape[-1])], dy, mask_from, x, mean,
-                          relu=relu)
+    sums = _sums('resnet_bn_grad_stats', 2, dy, mask_from, x, mean, relu=relu)
     bias_grad, scale_grad = sums[0], sums[1] * inv_std
     # dx = a * (dz - mean(dz) - x_hat * mean(dz * x_hat)), a = scale / std, as p, q, s.
     p = scale * inv_std
@@ -86,10 +104,9 @@ def _train_bwd(relu, epsilon, kept, cotangents):
     s = -p * bias_grad / _rows(x)
     coef = jnp.stack([p, q, s, mean])
     if extra and relu:
-        dx, dz = native.call('resnet_bn_grad_input_dz', [x.shape] * 2, dy, mask_from, x, coef,
-                             relu=True)
+        dx, dz = _activations('resnet_bn_grad_input_dz', 2, dy, mask_from, x, coef, relu=True)
         return dx, scale_grad, bias_grad, (dz,)
-    (dx,) = native.call('resnet_bn_grad_input', [x.shape], dy, mask_from, x, coef, relu=relu)
+    (dx,) = _activations('resnet_bn_grad_input', 1, dy, mask_from, x, coef, relu=relu)
     return dx, scale_grad, bias_grad, tuple(dy for _ in extra)
 
 

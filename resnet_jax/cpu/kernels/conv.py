@@ -7,6 +7,12 @@ convolution of the ResNets here) run forward and weight gradient in the kernels,
 input gradient too at stride 1 with a multiple of 16 input channels; the other input
 gradients (strided layers, the stem's, which nothing uses) stay with XLA. Every other
 convolution goes to lax unchanged.
+
+bfloat16 convolutions (both operands bfloat16) take the same path where the kernels have
+bfloat16 tiles this CPU runs (`bfloat16_ready`): products summed in float32 and rounded
+once, as XLA's; an odd number of input channels (the stem's 3) is padded with a zero
+channel, since the tiles take channels in pairs. The weight gradient is summed in float32
+from the bfloat16 operands and rounded to bfloat16, the kernel's dtype.
 """
 
 from collections.abc import Sequence
@@ -24,9 +30,16 @@ from resnet_jax.layers import output_side
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-def _call(target: str, shape: Sequence[int], x: jax.Array, y: jax.Array,
-          stride: int) -> jax.Array:
-    (out,) = native.call(target, [shape], x, y, stride=np.int64(stride))
+def bfloat16_ready() -> bool:
+    """Whether bfloat16 convolutions run in the kernels here: the library has bfloat16
+    tiles and this CPU has their instructions."""
+    isa = native.loaded_bf16_isa()
+    return bool(isa) and native.cpu_has(isa)
+
+
+def _call(target: str, shape: Sequence[int], x: jax.Array, y: jax.Array, stride: int,
+          dtype: Any = jnp.float32) -> jax.Array:
+    (out,) = native.call(target, [shape], x, y, dtype=dtype, stride=np.int64(stride))
     return out
 
 
@@ -35,7 +48,17 @@ def _forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     # The kernels pad size // 2 on each side (the model's convolutions).
     shape = (x.shape[0], output_side(x.shape[1], size, stride, size // 2),
              output_side(x.shape[2], size, stride, size // 2), features)
+    if x.dtype == jnp.bfloat16:
+        return _call('resnet_conv2d_bf16_forward', shape, x, kernel, stride, jnp.bfloat16)
     return _call('resnet_conv2d_forward', shape, x, kernel, stride)
+
+
+def _weight_grad(x: jax.Array, dy: jax.Array, shape: Sequence[int], stride: int) -> jax.Array:
+    """The kernel's gradient, in the kernel's dtype (x's)."""
+    if x.dtype == jnp.bfloat16:
+        grad = _call('resnet_conv2d_bf16_weight_grad', shape, x, dy, stride)
+        return grad.astype(jnp.bfloat16)
+    return _call('resnet_conv2d_weight_grad', shape, x, dy, stride)
 
 
 def _lax_conv(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -57,7 +80,7 @@ def _conv2d_fwd(x, kernel, stride):
 
 def _conv2d_bwd(stride, residuals, dy):
     x, kernel = residuals
-    kernel_grad = _call('resnet_conv2d_weight_grad', kernel.shape, x, dy, stride)
+    kernel_grad = _weight_grad(x, dy, kernel.shape, stride)
     if stride == 1 and x.shape[3] % 16 == 0:
         # The same convolution of dy, with the kernel turned by 180 degrees and its input
         # and output channels swapped.
@@ -82,8 +105,7 @@ def covers(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], paddin
     size, size_w, channels, features = rhs.shape
     pad = size // 2
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
-            and preferred_element_type in (None, jnp.float32)
+    return (_kernel_dtypes(lhs, rhs, preferred_element_type)
             and numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
             and size == size_w and size % 2 == 1
             and not isinstance(padding, str)
@@ -92,6 +114,13 @@ def covers(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], paddin
             and _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
             and feature_group_count == 1 and batch_group_count == 1
             and lhs.shape[3] == channels and features % 16 == 0)
+
+
+def _kernel_dtypes(lhs: jax.Array, rhs: jax.Array, preferred_element_type: Any) -> bool:
+    """float32 operands, or bfloat16 ones where the bfloat16 tiles run."""
+    if lhs.dtype != rhs.dtype or preferred_element_type not in (None, lhs.dtype):
+        return False
+    return lhs.dtype == jnp.float32 or (lhs.dtype == jnp.bfloat16 and bfloat16_ready())
 
 
 def _all_ones(values: Sequence[int] | None) -> bool:
@@ -105,6 +134,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     if covers(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
               dimension_numbers, feature_group_count, batch_group_count,
               preferred_element_type):
+        if lhs.dtype == jnp.bfloat16 and lhs.shape[3] % 2:
+            lhs = jnp.pad(lhs, ((0, 0), (0, 0), (0, 0), (0, 1)))
+            rhs = jnp.pad(rhs, ((0, 0), (0, 0), (0, 1), (0, 0)))
         return conv2d(lhs, rhs, int(window_strides[0]))
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,

@@ -21,9 +21,14 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -31,26 +36,34 @@ using namespace resnet_jax;  // NOLINT: vfloat, kLanes, LoadVector, StoreVector,
 
 // A thread's zero-padded copy of some rows of one image: rows x cols pixels of c channels.
 // Only the interior is written per call, so the zero border is kept while the shape stays.
-float* PaddedSlab(int64_t rows, int64_t cols, int64_t c) {
-  thread_local std::vector<float> data;
+template <typename T>
+T* PaddedSlab(int64_t rows, int64_t cols, int64_t c) {
+  thread_local std::vector<T> data;
   thread_local int64_t shape[3] = {-1, -1, -1};
   if (shape[0] != rows || shape[1] != cols || shape[2] != c) {
-    data.assign(rows * cols * c, 0.f);
+    data.assign(rows * cols * c, T{});
     shape[0] = rows, shape[1] = cols, shape[2] = c;
   }
   return data.data();
 }
 
 // Copies input rows [r0, r1) of image `x` ([H, W, C]) into the slab from its column
-// `pad` on; rows outside the image are zeros (the columns around them stay zero).
-void FillSlab(const float* x, int64_t H, int64_t W, int64_t C, int64_t r0, int64_t r1,
-              int64_t pad, int64_t slab_cols, float* slab) {
+// `pad` on; rows outside the image are zeros (the columns around them stay zero). bfloat16
+// rows copied into a float32 slab are widened (exactly).
+template <typename Src, typename Dst>
+void FillSlab(const Src* x, int64_t H, int64_t W, int64_t C, int64_t r0, int64_t r1,
+              int64_t pad, int64_t slab_cols, Dst* slab) {
   for (int64_t r = r0; r < r1; ++r) {
-    float* dst = slab + ((r - r0) * slab_cols + pad) * C;
+    Dst* dst = slab + ((r - r0) * slab_cols + pad) * C;
     if (r < 0 || r >= H) {
-      std::memset(dst, 0, W * C * sizeof(float));
+      std::memset(dst, 0, W * C * sizeof(Dst));
+    } else if constexpr (std::is_same_v<Src, Dst>) {
+      std::memcpy(dst, x + r * W * C, W * C * sizeof(Dst));
     } else {
-      std::memcpy(dst, x + r * W * C, W * C * sizeof(float));
+      const Src* src = x + r * W * C;
+      const int64_t n = W * C, vectors = n - n % kLanes;
+      for (int64_t i = 0; i < vectors; i += kLanes) StoreVector(dst + i, LoadVector(src + i));
+      for (int64_t i = vectors; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
     }
   }
 }
@@ -106,18 +119,66 @@ void ForwardRow(const float* slab, int64_t slab_cols, int64_t K, int64_t stride,
   }
 }
 
-using ForwardRowFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                              const float*, int64_t, float*, int64_t);
+#if defined(__AVX512BF16__)
+// The bfloat16 row: the same tile of WB x NO float32 accumulators, fed by vdpbf16ps, which
+// adds to each of 16 lanes the products of a pair of bfloat16 inputs and a pair of
+// weights. A pair of input channels of one pixel is one 32-bit broadcast; the kernel comes
+// in channel pairs, [K, K, C/2, O, 2] (PairChannels), so that one 32-weight vector holds
+// both channels' weights of 16 outputs. The sums are rounded to bfloat16 once, at the end.
+using AliasedPair = int32_t __attribute__((aligned(2), may_alias));
 
+template <int WB, int NO>
+void ForwardRowBf16(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t stride,
+                    int64_t C, int64_t O, const uint16_t* kernel, int64_t W, uint16_t* out,
+                    int64_t o0) {
+  const int64_t step = stride * C;
+  for (int64_t w0 = 0; w0 < W; w0 += WB) {
+    __m512 acc[WB][NO];
+    for (int p = 0; p < WB; ++p) {
+      for (int q = 0; q < NO; ++q) acc[p][q] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < K; ++i) {
+      for (int64_t j = 0; j < K; ++j) {
+        const uint16_t* xs = slab + (i * slab_cols + w0 * stride + j) * C;
+        const uint16_t* ks = kernel + (i * K + j) * C * O + 2 * o0;
+        for (int64_t c = 0; c < C; c += 2) {
+          __m512bh k[NO];
+          for (int q = 0; q < NO; ++q) {
+            k[q] = (__m512bh)_mm512_loadu_si512(ks + c * O + 32 * q);
+          }
+          for (int p = 0; p < WB; ++p) {
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32(
+                *reinterpret_cast<const AliasedPair*>(xs + p * step + c));
+            for (int q = 0; q < NO; ++q) acc[p][q] = _mm512_dpbf16_ps(acc[p][q], k[q], xv);
+          }
+        }
+      }
+    }
+    const int64_t valid = std::min<int64_t>(WB, W - w0);
+    for (int64_t p = 0; p < valid; ++p) {
+      for (int q = 0; q < NO; ++q) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (w0 + p) * O + o0 + 16 * q),
+                            (__m256i)_mm512_cvtneps_pbh(acc[p][q]));
+      }
+    }
+  }
+}
+#endif
+
+template <typename T>
+using ForwardRowFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const T*,
+                              int64_t, T*, int64_t);
+
+template <typename T>
 struct ForwardTile {
   int wb, no;
-  ForwardRowFn fn;
+  ForwardRowFn<T> fn;
 };
 
 #if defined(__AVX512F__)
 // At most 28 accumulators: with the NO kernel vectors they fit AVX-512's 32 registers (the
 // input is broadcast from memory inside the multiply-add).
-constexpr ForwardTile kForwardTiles[] = {
+constexpr ForwardTile<float> kForwardTiles[] = {
     {16, 1, ForwardRow<16, 1>}, {14, 1, ForwardRow<14, 1>}, {8, 1, ForwardRow<8, 1>},
     {7, 1, ForwardRow<7, 1>},   {14, 2, ForwardRow<14, 2>}, {12, 2, ForwardRow<12, 2>},
     {8, 2, ForwardRow<8, 2>},   {7, 2, ForwardRow<7, 2>},   {7, 4, ForwardRow<7, 4>},
@@ -126,17 +187,30 @@ constexpr ForwardTile kForwardTiles[] = {
 #else
 // 16 registers of 8 floats (AVX2; NEON's 32 of 4 hold as many floats): a 16-float vector
 // takes two, and the broadcast input one more. 2 * (WB * NO + NO) + 1 <= 16.
-constexpr ForwardTile kForwardTiles[] = {
+constexpr ForwardTile<float> kForwardTiles[] = {
     {6, 1, ForwardRow<6, 1>}, {5, 1, ForwardRow<5, 1>}, {4, 1, ForwardRow<4, 1>},
     {2, 2, ForwardRow<2, 2>},
 };
 #endif
 
+#if defined(__AVX512BF16__)
+// The float32 AVX-512 tiles' shapes: as many accumulators, as many kernel vectors.
+constexpr ForwardTile<uint16_t> kForwardTilesBf16[] = {
+    {16, 1, ForwardRowBf16<16, 1>}, {14, 1, ForwardRowBf16<14, 1>},
+    {8, 1, ForwardRowBf16<8, 1>},   {7, 1, ForwardRowBf16<7, 1>},
+    {14, 2, ForwardRowBf16<14, 2>}, {12, 2, ForwardRowBf16<12, 2>},
+    {8, 2, ForwardRowBf16<8, 2>},   {7, 2, ForwardRowBf16<7, 2>},
+    {7, 4, ForwardRowBf16<7, 4>},   {6, 4, ForwardRowBf16<6, 4>},
+    {4, 4, ForwardRowBf16<4, 4>},
+};
+#endif
+
 // The tile that wastes the fewest columns of a row of width W, then the largest.
-ForwardTile ChooseForwardTile(int64_t W, int64_t O) {
-  ForwardTile best = kForwardTiles[0];
+template <typename T, size_t N>
+ForwardTile<T> ChooseForwardTile(const ForwardTile<T> (&tiles)[N], int64_t W, int64_t O) {
+  ForwardTile<T> best = tiles[0];
   double best_score = -1;
-  for (const ForwardTile& t : kForwardTiles) {
+  for (const ForwardTile<T>& t : tiles) {
     if (O % (16 * t.no) != 0) continue;
     const int64_t blocks = (W + t.wb - 1) / t.wb;
     const double score = double(W) / double(blocks * t.wb) + 1e-3 * t.wb * t.no;
@@ -165,19 +239,14 @@ ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
-  if (ffi::Error e = CheckShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride);
-      e.failure()) {
-    return e;
-  }
-  const auto xd = x.dimensions(), yd = y->dimensions();
+// The forward convolution of x [N, H, W, C] with the kernel (laid out as `tile.fn` reads
+// it) into y [N, Ho, Wo, O].
+template <typename T>
+void ForwardWithTile(ffi::ThreadPool& pool, const T* xs, ffi::Span<const int64_t> xd,
+                     const T* ks, int64_t K, T* ys, ffi::Span<const int64_t> yd,
+                     int64_t stride, ForwardTile<T> tile) {
   const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], Ho = yd[1], Wo = yd[2];
-  const int64_t K = kernel.dimensions()[0], O = kernel.dimensions()[3], pad = K / 2;
-  const float* xs = x.typed_data();
-  const float* ks = kernel.typed_data();
-  float* ys = y->typed_data();
-  const ForwardTile tile = ChooseForwardTile(Wo, O);
+  const int64_t O = yd[3], pad = K / 2;
   // Room for the last column block's overrun, which reads zeros.
   const int64_t blocks = (Wo + tile.wb - 1) / tile.wb;
   const int64_t slab_cols = std::max(pad + W, blocks * tile.wb * stride + K);
@@ -190,25 +259,71 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
     const int64_t h1 = std::min(Ho, h0 + band_rows);
     if (h0 >= h1) return;
     const int64_t r0 = h0 * stride - pad, r1 = (h1 - 1) * stride - pad + K;
-    float* slab = PaddedSlab((band_rows - 1) * stride + K, slab_cols, C);
+    T* slab = PaddedSlab<T>((band_rows - 1) * stride + K, slab_cols, C);
     FillSlab(xs + n * H * W * C, H, W, C, r0, r1, pad, slab_cols, slab);
     for (int64_t h = h0; h < h1; ++h) {
-      float* out = ys + ((n * Ho + h) * Wo) * O;
-      const float* rows = slab + (h - h0) * stride * slab_cols * C;
+      T* out = ys + ((n * Ho + h) * Wo) * O;
+      const T* rows = slab + (h - h0) * stride * slab_cols * C;
       for (int64_t o0 = 0; o0 < O; o0 += 16 * tile.no) {
         tile.fn(rows, slab_cols, K, stride, C, O, ks, Wo, out, o0);
       }
     }
   });
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  if (ffi::Error e = CheckShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride);
+      e.failure()) {
+    return e;
+  }
+  ForwardWithTile(pool, x.typed_data(), x.dimensions(), kernel.typed_data(),
+                  kernel.dimensions()[0], y->typed_data(), y->dimensions(), stride,
+                  ChooseForwardTile(kForwardTiles, y->dimensions()[2], y->dimensions()[3]));
   return ffi::Error::Success();
+}
+
+// The bfloat16 forward convolution: sums in float32, rounded once. Needs AVX512-BF16;
+// without it the library has no such tiles, and says so (resnet_kernels_bf16).
+ffi::Error ForwardBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
+                       ffi::Buffer<ffi::BF16> kernel, ffi::ResultBuffer<ffi::BF16> y,
+                       int64_t stride) {
+  if (ffi::Error e = CheckShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride);
+      e.failure()) {
+    return e;
+  }
+#if defined(__AVX512BF16__)
+  const auto kd = kernel.dimensions();
+  const int64_t K = kd[0], C = kd[2], O = kd[3];
+  if (C % 2 != 0) {
+    return ffi::Error::InvalidArgument("conv2d bfloat16: needs an even number of channels");
+  }
+  // [K, K, C, O] -> [K, K, C/2, O, 2]: the two channels of a pair side by side per output.
+  std::vector<uint16_t> paired(K * K * C * O);
+  const uint16_t* ks = kernel.typed_data();
+  for (int64_t t = 0; t < K * K; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t o = 0; o < O; ++o) {
+        paired[((t * C + (c & ~int64_t{1})) * O + 2 * o) + (c & 1)] = ks[(t * C + c) * O + o];
+      }
+    }
+  }
+  ForwardWithTile(pool, x.typed_data(), x.dimensions(), paired.data(), K, y->typed_data(),
+                  y->dimensions(), stride,
+                  ChooseForwardTile(kForwardTilesBf16, y->dimensions()[2], y->dimensions()[3]));
+  return ffi::Error::Success();
+#else
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "conv2d bfloat16: the kernels were built without AVX512-BF16");
+#endif
 }
 
 // Adds to the kernel-gradient tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of one
 // image (dy: [H, W, O] at the output's size): the accumulators stay in registers over all
 // its pixels.
-template <int CB, int NO>
+template <int CB, int NO, typename G>
 void WeightGradTile(const float* slab, int64_t slab_cols, int64_t stride, int64_t H, int64_t W,
-                    int64_t C, const float* dy, int64_t O, int64_t i, int64_t j, int64_t c0,
+                    int64_t C, const G* dy, int64_t O, int64_t i, int64_t j, int64_t c0,
                     int64_t o0, float* dk_tap) {
   constexpr int NV = NO * 16 / kLanes;  // the target's vectors per input channel
   vfloat acc[CB][NV];
@@ -220,7 +335,7 @@ void WeightGradTile(const float* slab, int64_t slab_cols, int64_t stride, int64_
   const int64_t step = stride * C;
   for (int64_t h = 0; h < H; ++h) {
     const float* xs = slab + ((h * stride + i) * slab_cols + j) * C + c0;
-    const float* gs = dy + h * W * O + o0;
+    const G* gs = dy + h * W * O + o0;
     for (int64_t w = 0; w < W; ++w) {
       vfloat g[NV];
       for (int q = 0; q < NV; ++q) g[q] = LoadVector(gs + w * O + kLanes * q);
@@ -235,60 +350,63 @@ void WeightGradTile(const float* slab, int64_t slab_cols, int64_t stride, int64_
   }
 }
 
+// G: float, or bfloat16 bits (widened as they are loaded; the slab is float32 either way).
+template <typename G>
 using WeightGradTileFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  const G*, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   float*);
 
+template <typename G>
 struct WeightGradTiling {
   int cb, no;
-  WeightGradTileFn fn;
+  WeightGradTileFn<G> fn;
 };
 
 #if defined(__AVX512F__)
 // In order of preference: 16 input channels (one cache line of x per pixel) by one vector
 // of outputs; for fewer input channels, more output vectors, so that each pixel still
 // feeds 8-16 accumulators.
-constexpr WeightGradTiling kWeightGradTilings[] = {
-    {16, 1, WeightGradTile<16, 1>}, {8, 2, WeightGradTile<8, 2>},
-    {4, 4, WeightGradTile<4, 4>},   {3, 4, WeightGradTile<3, 4>},
-    {2, 4, WeightGradTile<2, 4>},   {8, 1, WeightGradTile<8, 1>},
-    {4, 2, WeightGradTile<4, 2>},   {3, 2, WeightGradTile<3, 2>},
-    {4, 1, WeightGradTile<4, 1>},   {3, 1, WeightGradTile<3, 1>},
-    {2, 1, WeightGradTile<2, 1>},   {1, 4, WeightGradTile<1, 4>},
-    {1, 1, WeightGradTile<1, 1>},
+template <typename G>
+constexpr WeightGradTiling<G> kWeightGradTilings[] = {
+    {16, 1, WeightGradTile<16, 1, G>}, {8, 2, WeightGradTile<8, 2, G>},
+    {4, 4, WeightGradTile<4, 4, G>},   {3, 4, WeightGradTile<3, 4, G>},
+    {2, 4, WeightGradTile<2, 4, G>},   {8, 1, WeightGradTile<8, 1, G>},
+    {4, 2, WeightGradTile<4, 2, G>},   {3, 2, WeightGradTile<3, 2, G>},
+    {4, 1, WeightGradTile<4, 1, G>},   {3, 1, WeightGradTile<3, 1, G>},
+    {2, 1, WeightGradTile<2, 1, G>},   {1, 4, WeightGradTile<1, 4, G>},
+    {1, 1, WeightGradTile<1, 1, G>},
 };
 #else
 // 16 registers of 8 floats: CB * NO accumulators and NO gradient vectors of two registers
 // each, and the broadcast input: 2 * (CB * NO + NO) + 1 <= 16.
-constexpr WeightGradTiling kWeightGradTilings[] = {
-    {6, 1, WeightGradTile<6, 1>}, {4, 1, WeightGradTile<4, 1>}, {2, 2, WeightGradTile<2, 2>},
-    {3, 1, WeightGradTile<3, 1>}, {2, 1, WeightGradTile<2, 1>}, {1, 2, WeightGradTile<1, 2>},
-    {1, 1, WeightGradTile<1, 1>},
+template <typename G>
+constexpr WeightGradTiling<G> kWeightGradTilings[] = {
+    {6, 1, WeightGradTile<6, 1, G>}, {4, 1, WeightGradTile<4, 1, G>},
+    {2, 2, WeightGradTile<2, 2, G>}, {3, 1, WeightGradTile<3, 1, G>},
+    {2, 1, WeightGradTile<2, 1, G>}, {1, 2, WeightGradTile<1, 2, G>},
+    {1, 1, WeightGradTile<1, 1, G>},
 };
 #endif
 
-WeightGradTiling ChooseWeightGradTiling(int64_t C, int64_t O) {
-  for (const WeightGradTiling& t : kWeightGradTilings) {
+template <typename G>
+WeightGradTiling<G> ChooseWeightGradTiling(int64_t C, int64_t O) {
+  for (const WeightGradTiling<G>& t : kWeightGradTilings<G>) {
     if (C % t.cb == 0 && O % (16 * t.no) == 0) return t;
   }
-  return kWeightGradTilings[std::size(kWeightGradTilings) - 1];
+  return kWeightGradTilings<G>[std::size(kWeightGradTilings<G>) - 1];
 }
 
-ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride) {
-  if (ffi::Error e = CheckShapes(x.dimensions(), dk->dimensions(), dy.dimensions(), stride);
-      e.failure()) {
-    return e;
-  }
-  const auto xd = x.dimensions(), gd = dy.dimensions();
+// dk [K, K, C, O] (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O], both float32 or
+// both bfloat16 bits.
+template <typename G>
+void WeightGradOf(ffi::ThreadPool& pool, const G* xs, ffi::Span<const int64_t> xd, const G* gs,
+                  ffi::Span<const int64_t> gd, int64_t K, float* out, int64_t stride) {
   const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], Ho = gd[1], Wo = gd[2];
-  const int64_t K = dk->dimensions()[0], O = dk->dimensions()[3], pad = K / 2;
-  const float* xs = x.typed_data();
-  const float* gs = dy.typed_data();
+  const int64_t O = gd[3], pad = K / 2;
   const int64_t slab_rows = (Ho - 1) * stride + K;
   const int64_t slab_cols = std::max(pad + W, (Wo - 1) * stride + K);
   const int64_t taps = K * K * C * O;
-  const WeightGradTiling tiling = ChooseWeightGradTiling(C, O);
+  const WeightGradTiling<G> tiling = ChooseWeightGradTiling<G>(C, O);
   // The images are split into fixed chunks, each summed in order into its own copy of dk,
   // and the copies are added in order: the result does not depend on which thread ran
   // what, so a run repeats bit for bit. (Chunks: two per pool thread, at most 64 MiB.)
@@ -301,13 +419,13 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   // by image, deep layers with small maps and large kernels, 7x7x512 -> 3x3x512x512, would
   // stream the whole of dk through memory once per image.)
   const int64_t slab_size = slab_rows * slab_cols * C;
-  const int64_t image_bytes = (slab_size + Ho * Wo * O) * 4;
+  const int64_t image_bytes = slab_size * 4 + Ho * Wo * O * int64_t{sizeof(G)};
   const int64_t group = std::max<int64_t>(1, (int64_t{512} << 10) / image_bytes);
   ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
     const int64_t n_end = (chunk + 1) * N / chunks;
     for (int64_t n0 = chunk * N / chunks; n0 < n_end; n0 += group) {
       const int64_t images = std::min(group, n_end - n0);
-      float* slabs = PaddedSlab(images * slab_rows, slab_cols, C);
+      float* slabs = PaddedSlab<float>(images * slab_rows, slab_cols, C);
       for (int64_t m = 0; m < images; ++m) {
         FillSlab(xs + (n0 + m) * H * W * C, H, W, C, -pad, slab_rows - pad, pad, slab_cols,
                  slabs + m * slab_size);
@@ -327,28 +445,46 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       }
     }
   });
-  float* out = dk->typed_data();
   std::memcpy(out, partial.data(), taps * sizeof(float));
   for (int64_t k = 1; k < chunks; ++k) {
     const float* part = partial.data() + k * taps;
     for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
   }
+}
+
+// float32 x and dy, or bfloat16 ones (widened to float32 as they are read, on any CPU):
+// the kernel gradient in float32 (the caller rounds it to the kernel's dtype).
+template <ffi::DataType D>
+ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> dy,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride) {
+  if (ffi::Error e = CheckShapes(x.dimensions(), dk->dimensions(), dy.dimensions(), stride);
+      e.failure()) {
+    return e;
+  }
+  WeightGradOf(pool, x.typed_data(), x.dimensions(), dy.typed_data(), dy.dimensions(),
+               dk->dimensions()[0], dk->typed_data(), stride);
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-// Both take two float32 arrays and the stride, and write one float32 array.
-#define RESNET_CONV2D_BINDING           \
+// Each takes two arrays and the stride, and writes one: float32 throughout, or bfloat16
+// inputs (the forward pass: a bfloat16 output; the weight gradient: float32).
+#define RESNET_CONV2D_BINDING(In, Out)  \
   ffi::Ffi::Bind()                      \
       .Ctx<ffi::ThreadPool>()           \
-      .Arg<ffi::Buffer<ffi::F32>>()     \
-      .Arg<ffi::Buffer<ffi::F32>>()     \
-      .Ret<ffi::Buffer<ffi::F32>>()     \
+      .Arg<ffi::Buffer<ffi::In>>()      \
+      .Arg<ffi::Buffer<ffi::In>>()      \
+      .Ret<ffi::Buffer<ffi::Out>>()     \
       .Attr<int64_t>("stride")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_forward, Forward, RESNET_CONV2D_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_weight_grad, WeightGrad, RESNET_CONV2D_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_forward, Forward, RESNET_CONV2D_BINDING(F32, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_weight_grad, WeightGrad<ffi::F32>,
+                              RESNET_CONV2D_BINDING(F32, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_bf16_forward, ForwardBf16,
+                              RESNET_CONV2D_BINDING(BF16, BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_bf16_weight_grad, WeightGrad<ffi::BF16>,
+                              RESNET_CONV2D_BINDING(BF16, F32));
 
 // The instruction set whose tiles this library was built with: "avx512", "avx2" or
 // "generic" (any other target, such as ARM). The Python side uses the kernels by default
@@ -360,5 +496,16 @@ extern "C" const char* resnet_kernels_isa() {
   return "avx2";
 #else
   return "generic";
+#endif
+}
+
+// The bfloat16 matrix instructions this library's bfloat16 forward tiles use:
+// "avx512_bf16" (vdpbf16ps), or "" where it was built without them (then
+// resnet_conv2d_bf16_forward fails, and the Python side never calls it).
+extern "C" const char* resnet_kernels_bf16() {
+#if defined(__AVX512BF16__)
+  return "avx512_bf16";
+#else
+  return "";
 #endif
 }

@@ -27,13 +27,19 @@ from jax.sharding import PartitionSpec as P
 _HERE = Path(__file__).parent
 SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc', _HERE / 'pooling.cc')
 HEADERS = (_HERE / 'parallel.h',)
-TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_bn_stats',
+TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_conv2d_bf16_forward',
+           'resnet_conv2d_bf16_weight_grad', 'resnet_bn_stats',
            'resnet_bn_apply', 'resnet_bn_apply_add', 'resnet_bn_grad_stats',
-           'resnet_bn_grad_input', 'resnet_bn_grad_input_dz', 'resnet_max_pool_forward',
+           'resnet_bn_grad_input', 'resnet_bn_grad_input_dz', 'resnet_bn_stats_bf16',
+           'resnet_bn_apply_bf16', 'resnet_bn_apply_add_bf16', 'resnet_bn_grad_stats_bf16',
+           'resnet_bn_grad_input_bf16', 'resnet_bn_grad_input_dz_bf16', 'resnet_max_pool_forward',
            'resnet_max_pool_backward')
 FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC')
 # The register tiles a build can have (conv2d.cc's `resnet_kernels_isa`).
 ISAS = ('avx512', 'avx2', 'generic')
+# The bfloat16 instructions a build's bfloat16 convolutions can use (`resnet_kernels_bf16`),
+# with the /proc/cpuinfo flag that says a CPU has them.
+BF16_ISAS = {'avx512_bf16': 'avx512_bf16'}
 
 
 def target_arch() -> str:
@@ -70,19 +76,57 @@ def _cpu_identity() -> str:
     return '\n'.join(line for line in first.splitlines() if line.split(':')[0].strip() in keep)
 
 
+def _cpu_flags() -> set[str] | None:
+    """This CPU's instruction-set flags (Linux), None where they cannot be read."""
+    try:
+        return set(Path('/proc/cpuinfo').read_text().split())
+    except OSError:
+        return None
+
+
+def cpu_vendor() -> str:
+    """This CPU's vendor ('AuthenticAMD', 'GenuineIntel', ...), '' where not known."""
+    try:
+        text = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return ''
+    return next((line.split(':', 1)[1].strip() for line in text.splitlines()
+                 if line.startswith('vendor_id')), '')
+
+
+def _not_x86() -> bool:
+    return platform.machine().lower() not in ('x86_64', 'amd64')
+
+
 def host_isa() -> str | None:
     """The tiles (`ISAS`) a build for this CPU will have, without building: from the CPU's
     flags on Linux, 'generic' on other machines that are not x86-64; None where that is
     not known (a target other than native, or x86-64 without /proc/cpuinfo)."""
     if target_arch() != 'native':
         return None
-    try:
-        flags = set(Path('/proc/cpuinfo').read_text().split())
-    except OSError:
-        return None if platform.machine().lower() in ('x86_64', 'amd64') else 'generic'
+    flags = _cpu_flags()
+    if flags is None:
+        return 'generic' if _not_x86() else None
     if 'avx512f' in flags:
         return 'avx512'
     return 'avx2' if {'avx2', 'fma'} <= flags else 'generic'
+
+
+def host_bf16_isa() -> str | None:
+    """The bfloat16 instructions (`BF16_ISAS`) a build for this CPU will use, '' for none,
+    without building; None where that is not known (as `host_isa`)."""
+    if target_arch() != 'native':
+        return None
+    flags = _cpu_flags()
+    if flags is None:
+        return '' if _not_x86() else None
+    return next((isa for isa, flag in BF16_ISAS.items() if flag in flags), '')
+
+
+def cpu_has(bf16_isa: str) -> bool:
+    """Whether this CPU says it has these bfloat16 instructions: a library built for
+    another -march may have tiles that this CPU cannot run."""
+    return BF16_ISAS.get(bf16_isa, '<none>') in (_cpu_flags() or set())
 
 
 def _compiler_version(compiler: str) -> str:
@@ -141,39 +185,53 @@ def build() -> Path:
     return target
 
 
-def _open(path: Path) -> tuple[str, dict[str, object]]:
+def _open(path: Path) -> tuple[str, str, dict[str, object]]:
     library = ctypes.CDLL(str(path))
     library.resnet_kernels_isa.restype = ctypes.c_char_p
-    return (library.resnet_kernels_isa().decode(),
+    library.resnet_kernels_bf16.restype = ctypes.c_char_p
+    return (library.resnet_kernels_isa().decode(), library.resnet_kernels_bf16().decode(),
             {name: getattr(library, name) for name in TARGETS})
 
 
 @functools.cache
+def loaded_bf16_isa() -> str:
+    """The bfloat16 instructions of the loaded library's convolutions ('' for none)."""
+    return _load()[1]
+
+
 def load() -> str:
     """Builds (if needed) and loads the kernels and registers them as XLA:CPU FFI targets;
-    returns the instruction set whose tiles they were built with (`ISAS`).
+    returns the instruction set whose tiles they were built with (`ISAS`). Raises
+    KernelBuildError if that fails; a later call tries again."""
+    return _load()[0]
+
+
+@functools.cache
+def _load() -> tuple[str, str]:
+    """`load`, and the bfloat16 instructions of the library (`BF16_ISAS`, '' for none).
 
     A cached library that does not load (a truncated file, say) is rebuilt once. Raises
     KernelBuildError if that fails; a later call tries again.
     """
     path = build()
     try:
-        isa, handlers = _open(path)
+        isa, bf16_isa, handlers = _open(path)
     except (OSError, AttributeError):
         path.unlink(missing_ok=True)
         path = build()
         try:
-            isa, handlers = _open(path)
+            isa, bf16_isa, handlers = _open(path)
         except (OSError, AttributeError) as e:
             raise KernelBuildError(f'cannot load the kernels just built at {path}: {e}') from e
     for name, handler in handlers.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
-    return isa
+    return isa, bf16_isa
 
 
 def call(target: str, shapes: Sequence[Sequence[int]], *args: jax.Array,
-         **attributes: Any) -> list[jax.Array]:
-    """Calls the kernel `target` on float32 `args`; returns float32 arrays of `shapes`.
+         dtype: Any = jnp.float32, **attributes: Any) -> list[jax.Array]:
+    """Calls the kernel `target` on `args`; returns arrays of `shapes` and `dtype` (one for
+    all, or a sequence of one per shape).
 
     Inside `shard_map` the results live on the same mesh as the first argument and vary
     over the same manual axes: each device's kernel computes its own share.
@@ -181,7 +239,8 @@ def call(target: str, shapes: Sequence[Sequence[int]], *args: jax.Array,
     load()
     operand = jax.typeof(args[0])
     mesh = operand.sharding.mesh
+    dtypes = dtype if isinstance(dtype, (list, tuple)) else [dtype] * len(shapes)
     results = [jax.ShapeDtypeStruct(
-        tuple(shape), jnp.float32, sharding=jax.sharding.NamedSharding(mesh, P()),
-        manual_axis_type=operand.manual_axis_type) for shape in shapes]
+        tuple(shape), dtype, sharding=jax.sharding.NamedSharding(mesh, P()),
+        manual_axis_type=operand.manual_axis_type) for shape, dtype in zip(shapes, dtypes)]
     return jax.ffi.ffi_call(target, results)(*args, **attributes)

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -36,6 +37,40 @@ using vint = int32_t __attribute__((vector_size(4 * kLanes), aligned(4), may_ali
 inline vfloat LoadVector(const float* p) { return *reinterpret_cast<const vfloat*>(p); }
 
 inline void StoreVector(float* p, vfloat v) { *reinterpret_cast<vfloat*>(p) = v; }
+
+// bfloat16 values travel as their bits (XLA's FFI hands them over as uint16_t): the upper
+// half of a float32's. Loading widens them exactly; storing rounds to nearest, ties to
+// even, as XLA's conversion does, and keeps NaN a NaN.
+using vbf16 = uint16_t __attribute__((vector_size(2 * kLanes), aligned(2), may_alias));
+
+inline vfloat LoadVector(const uint16_t* p) {
+  return (vfloat)(__builtin_convertvector(*reinterpret_cast<const vbf16*>(p), vint) << 16);
+}
+
+inline void StoreVector(uint16_t* p, vfloat v) {
+  using vuint = uint32_t __attribute__((vector_size(4 * kLanes)));
+  const vuint bits = (vuint)v;
+  const vuint rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+  const vuint quiet_nan = (bits >> 16) | 0x40;
+  *reinterpret_cast<vbf16*>(p) = __builtin_convertvector(v != v ? quiet_nan : rounded, vbf16);
+}
+
+inline float Bf16ToFloat(uint16_t bits) {
+  uint32_t wide = uint32_t(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof(value));
+  return value;
+}
+
+inline float ToFloat(float value) { return value; }
+inline float ToFloat(uint16_t bits) { return Bf16ToFloat(bits); }
+
+inline uint16_t FloatToBf16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if (value != value) return uint16_t((bits >> 16) | 0x40);
+  return uint16_t((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+}
 
 inline int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), tasks));

@@ -1,0 +1,160 @@
+"""bfloat16 on the CPU: the kernels' bfloat16 convolutions and BatchNorm compute, to one
+bfloat16 rounding, what float32 computes from the same bfloat16 values; a run asking for
+bfloat16 computes in it only where those kernels run, and in float32 elsewhere, saying so.
+
+The kernel tests run where this CPU has the bfloat16 instructions the library was built
+with (AVX512-BF16) and are skipped, with the reason, elsewhere."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+from rounding import assert_bfloat16_rounding_of
+
+from resnet_jax import backend, benchmark
+from resnet_jax.cpu import kernel_layers
+from resnet_jax.cpu.kernels import batchnorm, conv, native
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _bfloat16_ready() -> bool:
+    try:
+        native.load()
+    except native.KernelBuildError:
+        return False
+    return conv.bfloat16_ready()
+
+
+needs_bf16_tiles = pytest.mark.skipif(
+    not _bfloat16_ready(),
+    reason=f'this CPU has no bfloat16 instructions the kernels use ({", ".join(native.BF16_ISAS)}); '
+           'its kernels have no bfloat16 tiles')
+
+
+def _normal(key, shape):
+    return jax.random.normal(jax.random.key(key), shape).astype(jnp.bfloat16)
+
+
+@needs_bf16_tiles
+@pytest.mark.parametrize('shape, kernel_shape, stride', [
+    ((4, 9, 11, 16), (3, 3, 16, 32), 1),    # partly filled column blocks
+    ((2, 8, 8, 64), (3, 3, 64, 64), 1),     # several channel pairs and output vectors
+    ((4, 16, 16, 3), (3, 3, 3, 16), 1),     # the CIFAR stem: 3 channels, padded to 4
+    ((3, 15, 9, 32), (3, 3, 32, 64), 2),    # strided: the input gradient is XLA's
+    ((2, 6, 13, 16), (1, 1, 16, 48), 1),
+])
+def test_bfloat16_convolution_is_float32_rounded_once(shape, kernel_shape, stride):
+    x, kernel = _normal(0, shape), _normal(1, kernel_shape)
+    pad = kernel_shape[0] // 2
+    args = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                dimension_numbers=NHWC)
+    assert conv.covers(x, kernel, **args)
+
+    def in_float32(x, k):  # the same bfloat16 values, summed in float32 and not rounded
+        return lax.conv_general_dilated(x.astype(jnp.float32), k.astype(jnp.float32), **args)
+
+    got, got_vjp = jax.vjp(jax.jit(lambda x, k: conv.conv_general_dilated(x, k, **args)),
+                           x, kernel)
+    want, want_vjp = jax.vjp(in_float32, x, kernel)
+    assert got.dtype == jnp.bfloat16
+    assert 'resnet_conv2d_bf16_forward' in jax.jit(
+        lambda x, k: conv.conv_general_dilated(x, k, **args)).lower(x, kernel).as_text()
+    dy = _normal(2, got.shape)
+    got_grads = got_vjp(dy)
+    want_grads = want_vjp(dy.astype(jnp.float32))
+    height, width, inputs, outputs = kernel_shape
+    terms = (height * width * inputs, height * width * outputs, got.size // outputs)
+    for name, g, w, n in zip(('output', 'input grad', 'kernel grad'), (got, *got_grads),
+                             (want, *want_grads), terms, strict=True):
+        assert g.dtype == jnp.bfloat16, name
+        assert_bfloat16_rounding_of(g.astype(jnp.float32), w.astype(jnp.float32), terms=n,
+                                    err_msg=name)
+
+
+@needs_bf16_tiles
+@pytest.mark.parametrize('relu, with_residual', [(True, True), (True, False), (False, False)])
+def test_bfloat16_batch_norm_is_float32_rounded_once(relu, with_residual):
+    shape = (4, 6, 5, 32)
+    x = (3 * _normal(3, shape).astype(jnp.float32) + 1.5).astype(jnp.bfloat16)
+    scale = jax.random.uniform(jax.random.key(4), (32,), minval=0.5, maxval=1.5)
+    bias = jax.random.normal(jax.random.key(5), (32,))
+    residual = _normal(6, shape) if with_residual else None
+    weights = _normal(7, shape)
+
+    def reference(x, scale, bias, residual):
+        x = x.astype(jnp.float32)
+        mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+        y = (x - mean) * lax.rsqrt(var + 1e-5) * scale + bias
+        y = y if residual is None else y + residual.astype(jnp.float32)
+        return (jax.nn.relu(y) if relu else y), mean, var
+
+    def kernels(x, scale, bias, residual):
+        return batchnorm.train(x, scale, bias, residual, relu=relu, epsilon=1e-5)
+
+    def loss(fn, *args):
+        y, mean, var = fn(*args)
+        return jnp.sum(y.astype(jnp.float32) * weights.astype(jnp.float32)), (y, mean, var)
+
+    argnums = (0, 1, 2, 3) if with_residual else (0, 1, 2)
+    got_grads, got = jax.jit(jax.grad(lambda *a: loss(kernels, *a), argnums, has_aux=True))(
+        x, scale, bias, residual)
+    want_grads, want = jax.grad(lambda *a: loss(reference, *a), argnums, has_aux=True)(
+        x, scale, bias, residual)
+    assert got[0].dtype == got_grads[0].dtype == jnp.bfloat16
+    terms = x.size // x.shape[-1]  # sums over N*H*W, two in sequence
+    for g, w in zip((*got, *got_grads), (*want, *want_grads), strict=True):
+        assert_bfloat16_rounding_of(g.astype(jnp.float32), w.astype(jnp.float32),
+                                    terms=2 * terms)
+
+
+@pytest.mark.slow
+@needs_bf16_tiles
+def test_a_bfloat16_train_step_runs_in_the_bfloat16_kernels_and_learns():
+    losses = {}
+    for dtype in ('float32', 'bfloat16'):
+        config = benchmark.load_config('experiments/cifar10.py:resnet20', 32, dtype)
+        config.cpu_kernels = 'kernels'
+        config.schedule.warmup = 0
+        built = benchmark.build_steps(config)
+        if dtype == 'bfloat16':
+            compiled = built.train_compiled.as_text()
+            for target in ('resnet_conv2d_bf16_forward', 'resnet_conv2d_bf16_weight_grad',
+                           'resnet_bn_apply_add_bf16', 'resnet_bn_grad_input_bf16'):
+                assert target in compiled, target
+        # The same 32 images (differently augmented) again and again.
+        losses[dtype] = [float(jax.device_get(built.train(0))['loss']) for _ in range(4)]
+    first, bf16 = losses['float32'][0], losses['bfloat16']
+    # The same network and images: the first loss agrees to bfloat16's few digits over
+    # 20 layers, and training lowers it.
+    assert abs(bf16[0] - first) < 0.05 * first, losses
+    assert min(bf16[1:]) < 0.85 * bf16[0], losses
+
+
+def test_bfloat16_where_the_kernels_have_no_bfloat16_tiles_is_float32(monkeypatch, caplog):
+    monkeypatch.setattr(native, 'cpu_has', lambda isa: False)  # a CPU without them
+    monkeypatch.setattr(native, 'host_bf16_isa', lambda: '')
+    kernel_layers._warn_float32.cache_clear()
+    x = jnp.ones((1, 4, 4, 16), jnp.bfloat16)
+    assert not conv.covers(x, jnp.ones((3, 3, 16, 16), jnp.bfloat16), (1, 1), ((1, 1), (1, 1)),
+                           dimension_numbers=NHWC)
+    with caplog.at_level(logging.WARNING):
+        for choice in ('kernels', 'auto', 'kernels'):
+            assert backend.compute_dtype('bfloat16', choice, 'cpu') == jnp.float32
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # once per reason
+    assert all('dtype=bfloat16 computes in float32 on this CPU' in w for w in warnings)
+
+
+def test_bfloat16_is_kept_off_the_cpu_and_with_the_tuned_tiles(monkeypatch):
+    assert backend.compute_dtype('bfloat16', 'xla', 'gpu') == jnp.bfloat16
+    assert backend.compute_dtype('float32', 'auto', 'cpu') == jnp.float32
+    assert backend.compute_dtype('bfloat16', 'xla', 'cpu') == jnp.float32
+    monkeypatch.setattr(native, 'cpu_vendor', lambda: 'AuthenticAMD')
+    monkeypatch.setattr(native, 'host_bf16_isa', lambda: 'avx512_bf16')
+    want = jnp.bfloat16 if _bfloat16_ready() else jnp.float32
+    assert backend.compute_dtype('bfloat16', 'auto', 'cpu') == want
+    monkeypatch.setattr(native, 'cpu_vendor', lambda: 'GenuineIntel')  # not tested there
+    assert backend.compute_dtype('bfloat16', 'auto', 'cpu') == jnp.float32
