@@ -26,6 +26,9 @@ arena, no mmap, no trimming: freed memory is reused, not faulted in afresh); `/g
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (large blocks on transparent huge pages, faulted in
 2 MiB at a time). A suffix `@PATH` (e.g. `jax@../before`) runs the contender with the
 `resnet_jax` of the checkout at PATH: a change against the revision before it, side by side.
+A last suffix `:bfloat16` or `:float32` (e.g. `jax:bfloat16,torch:bfloat16`) sets that
+contender's dtype (default `--dtype`; torch's bfloat16 is `torch.autocast`); ratios are
+to torch eager of the same dtype.
 """
 
 from __future__ import annotations
@@ -149,20 +152,31 @@ def _worker_env(kind: str, variants: dict[str, str]) -> dict[str, str]:
     return env
 
 
+DTYPES = ('float32', 'bfloat16')
+
+
+def _kind_and_dtype(contender: str, default: str) -> tuple[str, str]:
+    """'torch:bfloat16' -> ('torch', 'bfloat16'); 'jax' -> ('jax', default)."""
+    kind, _, dtype = contender.rpartition(':')
+    return (kind, dtype) if dtype in DTYPES else (contender, default)
+
+
 def run_case(case: str, contenders: list[str], variants: dict[str, str], dtype: str,
              steps: int, repeats: int, warmup: int, cpus: str = '') -> dict:
     """Times every contender on one `CONFIG@BATCH` case, alternating windows."""
     spec, _, batch = case.rpartition('@')
     procs = {}
-    for kind in contenders:
+    for contender in contenders:
+        kind, kind_dtype = _kind_and_dtype(contender, dtype)
         cmd = [sys.executable, __file__, '--worker', kind, '--worker-config', spec,
-               '--batch-size', batch, '--dtype', dtype, '--steps', str(steps),
+               '--batch-size', batch, '--dtype', kind_dtype, '--steps', str(steps),
                '--warmup', str(warmup)] + (['--cpus', cpus] if cpus else [])
-        procs[kind] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True, env=_worker_env(kind, variants), cwd=REPO)
+        procs[contender] = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=_worker_env(kind, variants), cwd=REPO)
         # Build one at a time, so that compilations do not overlap the others' timing.
-        ready = json.loads(procs[kind].stdout.readline())
-        print(f'  {kind}: ready, compile/first step {ready["compile_s"]:.1f} s',
+        ready = json.loads(procs[contender].stdout.readline())
+        print(f'  {contender}: ready, compile/first step {ready["compile_s"]:.1f} s',
               file=sys.stderr, flush=True)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(repeats):
@@ -182,14 +196,16 @@ def run_case(case: str, contenders: list[str], variants: dict[str, str], dtype: 
 
 def format_case(result: dict) -> str:
     medians = result['medians']
-    reference = medians.get('torch')
     windows = len(next(iter(result['times'].values())))
     lines = [f'{result["case"]} ({result["dtype"]}, cpus {result["cpus"]}), median of '
              f'{windows} windows of {result["steps"]} steps:']
     for kind, t in medians.items():
-        ratio = f'  x{reference / t:.2f} vs torch eager' if reference else ''
+        dtype = _kind_and_dtype(kind, result['dtype'])[1]
+        reference = next((medians[c] for c in medians
+                          if _kind_and_dtype(c, result['dtype']) == ('torch', dtype)), None)
+        ratio = f'  x{reference / t:.2f} vs torch eager {dtype}' if reference else ''
         spread = result['times'][kind]
-        lines.append(f'  {kind:<16} {1e3 * t:9.1f} ms/step  '
+        lines.append(f'  {kind:<18} {1e3 * t:9.1f} ms/step  '
                      f'{result["batch_size"] / t:8.1f} img/s  '
                      f'(min {1e3 * min(spread):.1f}, max {1e3 * max(spread):.1f}){ratio}')
     return '\n'.join(lines)

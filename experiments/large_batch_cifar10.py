@@ -10,9 +10,10 @@ e.g. `lars2048,8`.
 
 - sgd128: the paper's recipe (experiments/cifar10.py) over EPOCHS epochs instead of 64k
   iterations: lr 0.1, divided by 10 at 1/2 and 3/4 of the run.
-- sgd2048: the same with the rate scaled linearly, 0.1 x 2048/128 = 1.6, reached by a
-  linear warm-up from 0 over 5 epochs of 30 (Goyal et al.'s 5 of 90, kept at the same
-  fraction of a shorter run).
+- sgd2048: Goyal et al.'s recipe: the rate scaled linearly, 0.1 x 2048/128 = 1.6, reached
+  by a linear warm-up from 0 over 5 epochs of 30 (their 5 of 90, kept at the same fraction
+  of a shorter run), and every residual block's last BatchNorm scale initialised to 0
+  (`model.zero_init_residual`, their section 5.1).
 - lars2048: LARS (trust coefficient 0.001, momentum 0.9, weight decay 1e-4 on the
   kernels only), lr 10 (MLPerf's reference rate for ResNet-50 at 4096, not tuned here),
   the same warm-up, then polynomial decay of power 2 to 0, as the MLPerf recipe.
@@ -53,6 +54,8 @@ def get_config(arg: str = 'sgd2048'):
         # way) in a quarter of the activation memory; one pass of 2048 took over 19 GB.
         config.grad_accum_steps = 4
         config.schedule.warmup = 5 * epochs / 30
+    if setup == 'sgd2048':
+        config.model.zero_init_residual = True
     if setup == 'lars2048':
         config.optim.name = 'lars'
         config.optim.weight_decay_params = 'kernels'

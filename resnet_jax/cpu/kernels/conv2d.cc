@@ -396,53 +396,39 @@ WeightGradTiling<G> ChooseWeightGradTiling(int64_t C, int64_t O) {
   return kWeightGradTilings<G>[std::size(kWeightGradTilings<G>) - 1];
 }
 
-// dk [K, K, C, O] (float32) from x [N, H, W, C] and dy [N, Ho, Wo, O], both float32 or
-// both bfloat16 bits.
-template <typename G>
-void WeightGradOf(ffi::ThreadPool& pool, const G* xs, ffi::Span<const int64_t> xd, const G* gs,
-                  ffi::Span<const int64_t> gd, int64_t K, float* out, int64_t stride) {
-  const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], Ho = gd[1], Wo = gd[2];
-  const int64_t O = gd[3], pad = K / 2;
-  const int64_t slab_rows = (Ho - 1) * stride + K;
-  const int64_t slab_cols = std::max(pad + W, (Wo - 1) * stride + K);
-  const int64_t taps = K * K * C * O;
-  const WeightGradTiling<G> tiling = ChooseWeightGradTiling<G>(C, O);
-  // The images are split into fixed chunks, each summed in order into its own copy of dk,
-  // and the copies are added in order: the result does not depend on which thread ran
-  // what, so a run repeats bit for bit. (Chunks: two per pool thread, at most 64 MiB.)
+// The shapes of a weight gradient: x [N, H, W, C], dy [N, Ho, Wo, O], dk [K, K, C, O].
+struct WeightGradShape {
+  int64_t N, H, W, C, Ho, Wo, O, K, pad, stride, slab_rows, slab_cols;
+
+  WeightGradShape(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> gd, int64_t K,
+                  int64_t stride)
+      : N(xd[0]), H(xd[1]), W(xd[2]), C(xd[3]), Ho(gd[1]), Wo(gd[2]), O(gd[3]), K(K),
+        pad(K / 2), stride(stride), slab_rows((Ho - 1) * stride + K),
+        slab_cols(std::max(pad + W, (Wo - 1) * stride + K)) {}
+
+  int64_t taps() const { return K * K * C * O; }
+};
+
+// dk = the sum over all images of add_group(n0, images, dk_copy)'s products: the images
+// are split into fixed chunks, each summed in order into its own copy of dk, and the
+// copies are added in order, so the result does not depend on which thread ran what and a
+// run repeats bit for bit (chunks: two per pool thread, at most 64 MiB). Within a chunk,
+// images are taken in groups of about 512 KiB of inputs (`image_bytes` each): each tile
+// of dk then sums over the group's images while it stays in L1. (Image by image, deep
+// layers with small maps and large kernels, 7x7x512 -> 3x3x512x512, would stream the
+// whole of dk through memory once per image.)
+template <typename F>
+void SumOverImageGroups(ffi::ThreadPool& pool, int64_t N, int64_t taps, int64_t image_bytes,
+                        float* out, F add_group) {
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t by_memory = std::max<int64_t>(1, (int64_t{64} << 20) / (taps * 4));
   const int64_t chunks = std::min({N, 2 * threads, by_memory});
   std::vector<float> partial(chunks * taps, 0.f);
-  // Images are taken in groups whose padded copies and gradients fit in about 512 KiB of
-  // cache; each tile of dk then sums over the group's images while it stays in L1. (Image
-  // by image, deep layers with small maps and large kernels, 7x7x512 -> 3x3x512x512, would
-  // stream the whole of dk through memory once per image.)
-  const int64_t slab_size = slab_rows * slab_cols * C;
-  const int64_t image_bytes = slab_size * 4 + Ho * Wo * O * int64_t{sizeof(G)};
   const int64_t group = std::max<int64_t>(1, (int64_t{512} << 10) / image_bytes);
   ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
     const int64_t n_end = (chunk + 1) * N / chunks;
     for (int64_t n0 = chunk * N / chunks; n0 < n_end; n0 += group) {
-      const int64_t images = std::min(group, n_end - n0);
-      float* slabs = PaddedSlab<float>(images * slab_rows, slab_cols, C);
-      for (int64_t m = 0; m < images; ++m) {
-        FillSlab(xs + (n0 + m) * H * W * C, H, W, C, -pad, slab_rows - pad, pad, slab_cols,
-                 slabs + m * slab_size);
-      }
-      for (int64_t i = 0; i < K; ++i) {
-        for (int64_t j = 0; j < K; ++j) {
-          float* tap = partial.data() + chunk * taps + (i * K + j) * C * O;
-          for (int64_t c0 = 0; c0 < C; c0 += tiling.cb) {
-            for (int64_t o0 = 0; o0 < O; o0 += 16 * tiling.no) {
-              for (int64_t m = 0; m < images; ++m) {
-                tiling.fn(slabs + m * slab_size, slab_cols, stride, Ho, Wo, C,
-                          gs + (n0 + m) * Ho * Wo * O, O, i, j, c0, o0, tap);
-              }
-            }
-          }
-        }
-      }
+      add_group(n0, std::min(group, n_end - n0), partial.data() + chunk * taps);
     }
   });
   std::memcpy(out, partial.data(), taps * sizeof(float));
@@ -452,8 +438,174 @@ void WeightGradOf(ffi::ThreadPool& pool, const G* xs, ffi::Span<const int64_t> x
   }
 }
 
-// float32 x and dy, or bfloat16 ones (widened to float32 as they are read, on any CPU):
-// the kernel gradient in float32 (the caller rounds it to the kernel's dtype).
+// dk [K, K, C, O] (float32) from x and dy, both float32 or both bfloat16 bits (widened to
+// float32 as they are read): float32 multiply-adds.
+template <typename G>
+void WeightGradOf(ffi::ThreadPool& pool, const G* xs, const G* gs, const WeightGradShape& d,
+                  float* out) {
+  const WeightGradTiling<G> tiling = ChooseWeightGradTiling<G>(d.C, d.O);
+  const int64_t slab_size = d.slab_rows * d.slab_cols * d.C;
+  const int64_t image_bytes = slab_size * 4 + d.Ho * d.Wo * d.O * int64_t{sizeof(G)};
+  SumOverImageGroups(pool, d.N, d.taps(), image_bytes, out,
+                     [&](int64_t n0, int64_t images, float* dk) {
+    float* slabs = PaddedSlab<float>(images * d.slab_rows, d.slab_cols, d.C);
+    for (int64_t m = 0; m < images; ++m) {
+      FillSlab(xs + (n0 + m) * d.H * d.W * d.C, d.H, d.W, d.C, -d.pad, d.slab_rows - d.pad,
+               d.pad, d.slab_cols, slabs + m * slab_size);
+    }
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.K; ++j) {
+        float* tap = dk + (i * d.K + j) * d.C * d.O;
+        for (int64_t c0 = 0; c0 < d.C; c0 += tiling.cb) {
+          for (int64_t o0 = 0; o0 < d.O; o0 += 16 * tiling.no) {
+            for (int64_t m = 0; m < images; ++m) {
+              tiling.fn(slabs + m * slab_size, d.slab_cols, d.stride, d.Ho, d.Wo, d.C,
+                        gs + (n0 + m) * d.Ho * d.Wo * d.O, d.O, i, j, c0, o0, tap);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+#if defined(__AVX512BF16__)
+// out[2k] = a[k], out[2k + 1] = b[k] (0 where b is null), k < n: two rows of bfloat16
+// values side by side in pairs, as vdpbf16ps reads them.
+inline void InterleavePairs(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  const __m512i order = _mm512_set_epi16(
+      31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+      4, 19, 3, 18, 2, 17, 1, 16, 0);
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
+    const __m256i hi = b ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + k))
+                         : _mm256_setzero_si256();
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    _mm512_storeu_si512(out + 2 * k, _mm512_permutexvar_epi16(order, both));
+  }
+  for (; k < n; ++k) {
+    out[2 * k] = a[k];
+    out[2 * k + 1] = b ? b[k] : 0;
+  }
+}
+
+// Adds to the tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of `images` images, two
+// output columns at a time: `xs` holds each image's inputs at the tap's columns (2m, 2m+1)
+// in channel pairs, [slab rows][pairs][C][2], `x_step` apart, and `gs` the output
+// gradients likewise, [Ho][pairs][O][2], `g_step` apart. The tile stays in registers over
+// all of them (small feature maps have few pixels per image).
+template <int CB, int NO>
+void WeightGradTileBf16(const uint16_t* xs, int64_t x_step, const uint16_t* gs, int64_t g_step,
+                        int64_t images, int64_t pairs, int64_t stride, int64_t Ho, int64_t C,
+                        int64_t O, int64_t i, int64_t c0, int64_t o0, float* dk_tap) {
+  __m512 acc[CB][NO];
+  for (int c = 0; c < CB; ++c) {
+    for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_loadu_ps(dk_tap + (c0 + c) * O + o0 + 16 * q);
+  }
+  for (int64_t n = 0; n < images * Ho; ++n) {
+    const int64_t h = n % Ho;
+    const uint16_t* x_row = xs + (n / Ho) * x_step + (h * stride + i) * pairs * C * 2 + 2 * c0;
+    const uint16_t* g_row = gs + (n / Ho) * g_step + h * pairs * O * 2 + 2 * o0;
+    for (int64_t m = 0; m < pairs; ++m) {
+      __m512bh g[NO];
+      for (int q = 0; q < NO; ++q) {
+        g[q] = (__m512bh)_mm512_loadu_si512(g_row + m * O * 2 + 32 * q);
+      }
+      for (int c = 0; c < CB; ++c) {
+        const __m512bh xv = (__m512bh)_mm512_set1_epi32(
+            *reinterpret_cast<const AliasedPair*>(x_row + m * C * 2 + 2 * c));
+        for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_dpbf16_ps(acc[c][q], g[q], xv);
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    for (int q = 0; q < NO; ++q) _mm512_storeu_ps(dk_tap + (c0 + c) * O + o0 + 16 * q, acc[c][q]);
+  }
+}
+
+using WeightGradTileBf16Fn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t,
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, int64_t, int64_t, float*);
+
+struct WeightGradTilingBf16 {
+  int cb, no;
+  WeightGradTileBf16Fn fn;
+};
+
+// The float32 AVX-512 tilings' shapes.
+constexpr WeightGradTilingBf16 kWeightGradTilingsBf16[] = {
+    {16, 1, WeightGradTileBf16<16, 1>}, {8, 2, WeightGradTileBf16<8, 2>},
+    {4, 4, WeightGradTileBf16<4, 4>},   {2, 4, WeightGradTileBf16<2, 4>},
+    {8, 1, WeightGradTileBf16<8, 1>},   {4, 2, WeightGradTileBf16<4, 2>},
+    {4, 1, WeightGradTileBf16<4, 1>},   {2, 1, WeightGradTileBf16<2, 1>},
+    {1, 4, WeightGradTileBf16<1, 4>},   {1, 1, WeightGradTileBf16<1, 1>},
+};
+
+// dk from bfloat16 x and dy on vdpbf16ps: pairs of output columns are the pairs its
+// products are summed over. Per image, the output gradient is copied in column pairs and,
+// for each column offset j of the kernel, the inputs that offset meets likewise.
+void WeightGradPairedBf16(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
+                          const WeightGradShape& d, float* out) {
+  WeightGradTilingBf16 tiling = kWeightGradTilingsBf16[std::size(kWeightGradTilingsBf16) - 1];
+  for (const WeightGradTilingBf16& t : kWeightGradTilingsBf16) {
+    if (d.C % t.cb == 0 && d.O % (16 * t.no) == 0) {
+      tiling = t;
+      break;
+    }
+  }
+  const int64_t pairs = (d.Wo + 1) / 2;
+  const int64_t slab_size = d.slab_rows * d.slab_cols * d.C;
+  const int64_t x_pairs_size = d.slab_rows * pairs * d.C * 2;  // per column offset
+  const int64_t g_pairs_size = d.Ho * pairs * d.O * 2;
+  const int64_t image_bytes = 2 * (d.K * x_pairs_size + g_pairs_size);
+  SumOverImageGroups(pool, d.N, d.taps(), image_bytes, out,
+                     [&](int64_t n0, int64_t images, float* dk) {
+    uint16_t* slab = PaddedSlab<uint16_t>(d.slab_rows, d.slab_cols, d.C);
+    thread_local std::vector<uint16_t> x_pairs, g_pairs;
+    x_pairs.resize(images * d.K * x_pairs_size);
+    g_pairs.resize(images * g_pairs_size);
+    for (int64_t m = 0; m < images; ++m) {
+      FillSlab(xs + (n0 + m) * d.H * d.W * d.C, d.H, d.W, d.C, -d.pad, d.slab_rows - d.pad,
+               d.pad, d.slab_cols, slab);
+      for (int64_t j = 0; j < d.K; ++j) {
+        uint16_t* dst = x_pairs.data() + (m * d.K + j) * x_pairs_size;
+        for (int64_t r = 0; r < d.slab_rows; ++r) {
+          for (int64_t p = 0; p < pairs; ++p) {
+            const uint16_t* first = slab + (r * d.slab_cols + 2 * p * d.stride + j) * d.C;
+            const uint16_t* second =
+                2 * p + 1 < d.Wo ? first + d.stride * d.C : nullptr;  // past the last column
+            InterleavePairs(first, second, d.C, dst + (r * pairs + p) * d.C * 2);
+          }
+        }
+      }
+      const uint16_t* g = gs + (n0 + m) * d.Ho * d.Wo * d.O;
+      for (int64_t h = 0; h < d.Ho; ++h) {
+        for (int64_t p = 0; p < pairs; ++p) {
+          const uint16_t* first = g + (h * d.Wo + 2 * p) * d.O;
+          InterleavePairs(first, 2 * p + 1 < d.Wo ? first + d.O : nullptr, d.O,
+                          g_pairs.data() + m * g_pairs_size + (h * pairs + p) * d.O * 2);
+        }
+      }
+    }
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.K; ++j) {
+        float* tap = dk + (i * d.K + j) * d.C * d.O;
+        for (int64_t c0 = 0; c0 < d.C; c0 += tiling.cb) {
+          for (int64_t o0 = 0; o0 < d.O; o0 += 16 * tiling.no) {
+            tiling.fn(x_pairs.data() + j * x_pairs_size, d.K * x_pairs_size, g_pairs.data(),
+                      g_pairs_size, images, pairs, d.stride, d.Ho, d.C, d.O, i, c0, o0, tap);
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
+// float32 x and dy, or bfloat16 ones (on vdpbf16ps where the library has it, else
+// widened to float32 as they are read): the kernel gradient in float32 (the caller rounds
+// it to the kernel's dtype).
 template <ffi::DataType D>
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> dy,
                       ffi::ResultBuffer<ffi::F32> dk, int64_t stride) {
@@ -461,8 +613,14 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> dy,
       e.failure()) {
     return e;
   }
-  WeightGradOf(pool, x.typed_data(), x.dimensions(), dy.typed_data(), dy.dimensions(),
-               dk->dimensions()[0], dk->typed_data(), stride);
+  const WeightGradShape shape(x.dimensions(), dy.dimensions(), dk->dimensions()[0], stride);
+#if defined(__AVX512BF16__)
+  if constexpr (D == ffi::BF16) {
+    WeightGradPairedBf16(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
+    return ffi::Error::Success();
+  }
+#endif
+  WeightGradOf(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
   return ffi::Error::Success();
 }
 
