@@ -158,3 +158,23 @@ def test_bfloat16_is_kept_off_the_cpu_and_with_the_tuned_tiles(monkeypatch):
     assert backend.compute_dtype('bfloat16', 'auto', 'cpu') == want
     monkeypatch.setattr(native, 'cpu_vendor', lambda: 'GenuineIntel')  # not tested there
     assert backend.compute_dtype('bfloat16', 'auto', 'cpu') == jnp.float32
+
+
+@needs_bf16_tiles
+@pytest.mark.parametrize('channels, features', [(64, 256), (256, 64), (6, 16)])
+def test_bfloat16_1x1_convolution_is_float32_rounded_once(channels, features):
+    x, kernel = _normal(8, (2, 7, 9, channels)), _normal(9, (channels, features))
+    numbers = (((3,), (0,)), ((), ()))
+    got, got_vjp = jax.vjp(jax.jit(lambda x, k: conv.dot_general(x, k, numbers)), x, kernel)
+    want, want_vjp = jax.vjp(lambda x, k: lax.dot_general(
+        x.astype(jnp.float32), k.astype(jnp.float32), numbers), x, kernel)
+    text = jax.jit(jax.vjp(lambda x, k: conv.dot_general(x, k, numbers), x, kernel)[1]).lower(
+        got).as_text()
+    assert 'resnet_conv2d_bf16_weight_grad' in text
+    dy = _normal(10, got.shape)
+    terms = (channels, features, got.size // features)
+    for name, g, w, n in zip(('output', 'input grad', 'kernel grad'), (got, *got_vjp(dy)),
+                             (want, *want_vjp(dy.astype(jnp.float32))), terms, strict=True):
+        assert g.dtype == jnp.bfloat16, name
+        assert_bfloat16_rounding_of(g.astype(jnp.float32), w.astype(jnp.float32), terms=n,
+                                    err_msg=name)

@@ -28,18 +28,15 @@ def covers(x: jax.Array) -> bool:
 def _activations(target: str, count: int, x: jax.Array, *args: jax.Array,
                  **attributes) -> list[jax.Array]:
     """The kernel `target` for x's dtype, with `count` results of x's shape and dtype."""
-    return native.call(_for_dtype(target, x), [x.shape] * count, x, *args, dtype=x.dtype,
-                       **attributes)
+    return native.call(native.for_dtype(target, x.dtype), [x.shape] * count, x, *args,
+                       dtype=x.dtype, **attributes)
 
 
 def _sums(target: str, rows: int, x: jax.Array, *args: jax.Array, **attributes) -> jax.Array:
     """The kernel `target` for x's dtype, with one float32 result of `rows` per-channel rows."""
-    (sums,) = native.call(_for_dtype(target, x), [(rows, x.shape[-1])], x, *args, **attributes)
+    (sums,) = native.call(native.for_dtype(target, x.dtype), [(rows, x.shape[-1])], x, *args,
+                          **attributes)
     return sums
-
-
-def _for_dtype(target: str, x: jax.Array) -> str:
-    return target + '_bf16' if x.dtype == jnp.bfloat16 else target
 
 
 def train(x: jax.Array, scale: jax.Array, bias: jax.Array, residual: jax.Array | None = None,

@@ -33,7 +33,8 @@ TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_conv2d_
            'resnet_bn_grad_input', 'resnet_bn_grad_input_dz', 'resnet_bn_stats_bf16',
            'resnet_bn_apply_bf16', 'resnet_bn_apply_add_bf16', 'resnet_bn_grad_stats_bf16',
            'resnet_bn_grad_input_bf16', 'resnet_bn_grad_input_dz_bf16', 'resnet_max_pool_forward',
-           'resnet_max_pool_backward')
+           'resnet_max_pool_backward', 'resnet_max_pool_forward_bf16',
+           'resnet_max_pool_backward_bf16')
 FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC')
 # The register tiles a build can have (conv2d.cc's `resnet_kernels_isa`).
 ISAS = ('avx512', 'avx2', 'generic')
@@ -226,6 +227,12 @@ def _load() -> tuple[str, str]:
     for name, handler in handlers.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
     return isa, bf16_isa
+
+
+def for_dtype(target: str, dtype: Any) -> str:
+    """The kernel `target` for activations of `dtype`: bfloat16 ones have a `_bf16` twin
+    (BatchNorm and pooling)."""
+    return target + '_bf16' if dtype == jnp.bfloat16 else target
 
 
 def call(target: str, shapes: Sequence[Sequence[int]], *args: jax.Array,

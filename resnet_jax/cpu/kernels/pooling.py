@@ -1,7 +1,7 @@
 """`flax.linen.max_pool` with the CPU kernels of pooling.cc where they apply.
 
 `max_pool` has flax's signature. Square windows with a square stride and the same padding
-on every side, over float32 NHWC activations with a multiple of 16 channels (the ImageNet
+on every side, over float32 or bfloat16 NHWC activations with a multiple of 16 channels (the ImageNet
 ResNets' 3x3/2 pooling after the stem) run forward and backward in the kernels; anything
 else goes to flax's. The gradient goes to the first maximum of each window in row-major
 order, as XLA's does.
@@ -25,7 +25,8 @@ def _max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array
     n, h, w, c = x.shape
     shape = (n, output_side(h, window, stride, padding),
              output_side(w, window, stride, padding), c)
-    (y,) = native.call('resnet_max_pool_forward', [shape], x, window=np.int64(window),
+    (y,) = native.call(native.for_dtype('resnet_max_pool_forward', x.dtype), [shape], x,
+                       dtype=x.dtype, window=np.int64(window),
                        stride=np.int64(stride), padding=np.int64(padding))
     return y
 
@@ -35,7 +36,8 @@ def _max_pool_fwd(x, window, stride, padding):
 
 
 def _max_pool_bwd(window, stride, padding, x, dy):
-    (dx,) = native.call('resnet_max_pool_backward', [x.shape], x, dy, window=np.int64(window),
+    (dx,) = native.call(native.for_dtype('resnet_max_pool_backward', x.dtype), [x.shape], x, dy,
+                        dtype=x.dtype, window=np.int64(window),
                         stride=np.int64(stride), padding=np.int64(padding))
     return (dx,)
 
@@ -54,7 +56,7 @@ def covers(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] | N
     if isinstance(padding, str) or not (_square(window_shape) and _square(strides)):
         return False
     pads = [tuple(p) for p in padding]
-    return (x.ndim == 4 and x.dtype == jnp.float32 and x.shape[3] % 16 == 0
+    return (x.ndim == 4 and x.dtype in (jnp.float32, jnp.bfloat16) and x.shape[3] % 16 == 0
             and len(pads) == 2 and len(set(pads)) == 1 and pads[0][0] == pads[0][1]
             and 0 <= pads[0][0] < window_shape[0]
             and min(output_side(side, window_shape[0], strides[0], pads[0][0])
