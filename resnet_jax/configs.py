@@ -58,7 +58,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The architecture: name, block, variant and the options of models.ResNet, with their
     # defaults and meaning in resnet_jax/models (architecture.fields()).
     config.model = models.architecture.config_section()
-    config.dtype = 'float32'  # compute dtype; parameters and BN statistics stay float32.
+    # The compute dtype; parameters and BN statistics stay float32. A CPU computes bfloat16
+    # only where it pays (resnet_jax.backend.compute_dtype).
+    config.dtype = 'float32'
     config.cpu_kernels = 'auto'  # see resnet_jax.cpu.kernel_layers.CHOICES.
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
     config.sync_batch_norm = False

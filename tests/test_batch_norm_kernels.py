@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rounding import assert_equal_up_to_rounding
+from jax import lax
+from rounding import assert_bfloat16_rounding_of, assert_equal_up_to_rounding
 
 from resnet_jax.cpu import kernel_layers
 from resnet_jax.cpu.kernels import batchnorm, native
@@ -189,3 +190,42 @@ def test_the_cpu_layers_compute_a_blocks_norm_relu_as_one_kernel(train):
     assert 'ffi_call' in fused_jaxpr and 'ffi_call' not in reference_jaxpr
     assert ' max ' not in fused_jaxpr and ' max ' in reference_jaxpr  # the ReLU: in the kernel
     assert_equal_up_to_rounding(fused, reference, terms=x.size // x.shape[-1], steps=2)
+
+
+def _bfloat16_normal(key, shape):
+    return jax.random.normal(jax.random.key(key), shape).astype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize('relu, with_residual', [(True, True), (True, False), (False, False)])
+def test_bfloat16_batch_norm_is_float32_rounded_once(relu, with_residual):
+    shape = (4, 6, 5, 32)
+    x = (3 * _bfloat16_normal(3, shape).astype(jnp.float32) + 1.5).astype(jnp.bfloat16)
+    scale = jax.random.uniform(jax.random.key(4), (32,), minval=0.5, maxval=1.5)
+    bias = jax.random.normal(jax.random.key(5), (32,))
+    residual = _bfloat16_normal(6, shape) if with_residual else None
+    weights = _bfloat16_normal(7, shape)
+
+    def reference(x, scale, bias, residual):
+        x = x.astype(jnp.float32)
+        mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+        y = (x - mean) * lax.rsqrt(var + 1e-5) * scale + bias
+        y = y if residual is None else y + residual.astype(jnp.float32)
+        return (jax.nn.relu(y) if relu else y), mean, var
+
+    def kernels(x, scale, bias, residual):
+        return batchnorm.train(x, scale, bias, residual, relu=relu, epsilon=1e-5)
+
+    def loss(fn, *args):
+        y, mean, var = fn(*args)
+        return jnp.sum(y.astype(jnp.float32) * weights.astype(jnp.float32)), (y, mean, var)
+
+    argnums = (0, 1, 2, 3) if with_residual else (0, 1, 2)
+    got_grads, got = jax.jit(jax.grad(lambda *a: loss(kernels, *a), argnums, has_aux=True))(
+        x, scale, bias, residual)
+    want_grads, want = jax.grad(lambda *a: loss(reference, *a), argnums, has_aux=True)(
+        x, scale, bias, residual)
+    assert got[0].dtype == got_grads[0].dtype == jnp.bfloat16
+    terms = x.size // x.shape[-1]  # sums over N*H*W, two in sequence
+    for g, w in zip((*got, *got_grads), (*want, *want_grads), strict=True):
+        assert_bfloat16_rounding_of(g.astype(jnp.float32), w.astype(jnp.float32),
+                                    terms=2 * terms)

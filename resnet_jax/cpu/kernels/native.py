@@ -249,5 +249,6 @@ def call(target: str, shapes: Sequence[Sequence[int]], *args: jax.Array,
     dtypes = dtype if isinstance(dtype, (list, tuple)) else [dtype] * len(shapes)
     results = [jax.ShapeDtypeStruct(
         tuple(shape), dtype, sharding=jax.sharding.NamedSharding(mesh, P()),
-        manual_axis_type=operand.manual_axis_type) for shape, dtype in zip(shapes, dtypes)]
+        manual_axis_type=operand.manual_axis_type)
+        for shape, dtype in zip(shapes, dtypes, strict=True)]
     return jax.ffi.ffi_call(target, results)(*args, **attributes)

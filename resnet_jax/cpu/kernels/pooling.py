@@ -1,10 +1,10 @@
 """`flax.linen.max_pool` with the CPU kernels of pooling.cc where they apply.
 
 `max_pool` has flax's signature. Square windows with a square stride and the same padding
-on every side, over float32 or bfloat16 NHWC activations with a multiple of 16 channels (the ImageNet
-ResNets' 3x3/2 pooling after the stem) run forward and backward in the kernels; anything
-else goes to flax's. The gradient goes to the first maximum of each window in row-major
-order, as XLA's does.
+on every side, over float32 or bfloat16 NHWC activations with a multiple of 16 channels
+(the ImageNet ResNets' 3x3/2 pooling after the stem) run forward and backward in the
+kernels; anything else goes to flax's. The gradient goes to the first maximum of each
+window in row-major order, as XLA's does.
 """
 
 from collections.abc import Sequence
