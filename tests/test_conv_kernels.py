@@ -312,7 +312,7 @@ def test_pointwise_weight_gradient_matches_lax(shape, features):
 def test_other_matrix_products_go_to_lax():
     numbers = (((3,), (0,)), ((), ()))
     for x, kernel in ((jnp.ones((2, 3, 3, 8)), jnp.ones((8, 8))),  # 8 outputs
-                      (jnp.ones((2, 3, 3, 8), jnp.bfloat16), jnp.ones((8, 16), jnp.bfloat16)),
+                      (jnp.ones((2, 3, 3, 8), jnp.float16), jnp.ones((8, 16), jnp.float16)),
                       (jnp.ones((6, 8)), jnp.ones((8, 16)))):  # not a feature map
         jaxpr = str(jax.make_jaxpr(lambda x, k: conv.dot_general(
             x, k, numbers if x.ndim == 4 else (((1,), (0,)), ((), ()))))(x, kernel))
