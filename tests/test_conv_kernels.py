@@ -179,6 +179,24 @@ exit 1
 """
 
 
+def test_processes_starting_together_build_the_kernels_once(tmp_path):
+    native.load()
+    compiler = tmp_path / 'c++'
+    # The copying compiler, slowed down and counting its builds.
+    compiler.write_text(COPYING_COMPILER.format(library=native.library_path()).replace(
+        'while', f'[ "$1" = --version ] || {{ echo built >> {tmp_path / "builds"}; sleep 1; }}\n'
+        'while', 1))
+    compiler.chmod(0o755)
+    env = {**os.environ, 'CXX': str(compiler),
+           'RESNET_JAX_KERNEL_CACHE': str(tmp_path / 'cache')}
+    code = 'from resnet_jax.cpu.kernels import native; native.build()'
+    started = [subprocess.Popen([sys.executable, '-c', code], env=env, stderr=subprocess.PIPE,
+                                text=True) for _ in range(3)]
+    for process in started:
+        assert process.wait(timeout=300) == 0, process.stderr.read()
+    assert (tmp_path / 'builds').read_text().split() == ['built']
+
+
 def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path, monkeypatch):
     native.load()
     compiler = tmp_path / 'c++'

@@ -25,12 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock between processes that decode one folder
-    fcntl = None
-
-from resnet_jax import packages
+from resnet_jax import file_lock, packages
 
 logger = logging.getLogger(__name__)
 
@@ -458,26 +453,13 @@ def _cache_path(root: str, listing: ImageFolderListing, image_size: int | None) 
     return os.path.join(os.path.abspath(cache_dir), f'{os.path.basename(root)}-{digest}.npz')
 
 
-@contextlib.contextmanager
 def _one_decoder_at_a_time(cache_path: str | None):
-    """Holds an exclusive lock beside the cache file, so that processes loading the same
-    folder at once (`reproduce --parallel`, several runs started together) decode it once:
-    the first writes the cache and the others wait for it and read it. Without a cache, a
-    writable cache directory or fcntl (Windows), there is no lock and each decodes."""
-    if cache_path is None or fcntl is None:
-        yield
-        return
-    try:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        fd = os.open(cache_path + '.lock', os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+    """Processes loading the same folder at once (`reproduce --parallel`, several runs
+    started together) decode it once: the first writes the cache and the others wait for
+    it and read it. Without a cache there is no lock and each decodes."""
+    if cache_path is None:
+        return contextlib.nullcontext()
+    return file_lock.exclusive(cache_path + '.lock')
 
 
 def _read_cache(path: str, listing: ImageFolderListing) -> tuple[np.ndarray, np.ndarray] | None:

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import jaxlib
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax import file_lock
+
 _HERE = Path(__file__).parent
 SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc', _HERE / 'pooling.cc')
 HEADERS = (_HERE / 'parallel.h',)
@@ -162,8 +164,15 @@ def build() -> Path:
     target = library_path()
     if target.exists():
         return target
-    # Compile beside the target and rename: processes that race here each produce a
-    # complete library, and none ever loads a half-written one.
+    # Processes starting together (the test suite's workers, the processes of a job) build
+    # once: the others wait here and find the library.
+    with file_lock.exclusive(str(target) + '.lock'):
+        return target if target.exists() else _compile(target)
+
+
+def _compile(target: Path) -> Path:
+    # Compile beside the target and rename: a process that builds without the lock still
+    # produces a complete library, and none ever loads a half-written one.
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
