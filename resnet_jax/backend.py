@@ -4,7 +4,7 @@
 - `layers`: the model's building blocks (`resnet_jax.layers.Layers`), injected into it;
 - `compute_dtype`: the dtype it computes in (bfloat16 on a CPU only where it pays);
 - `jit_options` and `training_context`: compiler options of the steps, and a context for
-  the model's training forward pass;
+  the model's training forward pass; `accumulation_unroll`: how gradient accumulation loops;
 - `run_keys`: the run's random keys;
 - `configure_process`: process settings that must precede JAX's start.
 
@@ -56,6 +56,14 @@ def training_context(platform: str) -> Iterator[None]:
         return
     with compiler.conv_barriers():
         yield
+
+
+def accumulation_unroll(platform: str, micro_batches: int) -> int:
+    """How many micro-batches of gradient accumulation one loop iteration runs. XLA:CPU's
+    while loop cost 17% of a ResNet-20 step accumulated from 4 micro-batches of 512
+    (docs/large_batch.md): a CPU unrolls up to 8. Elsewhere one per iteration (compile
+    time grows with the unrolling)."""
+    return min(micro_batches, 8) if platform == 'cpu' else 1
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -86,13 +86,17 @@ def _make_sharded_update(model: nn.Module, tx: optax.GradientTransformation, mes
             return x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
 
         def add(total, micro_batch):
+            # The barrier makes this micro-batch wait for the sum so far: unrolled, they
+            # still run one after the other, holding one micro-batch's activations.
+            micro_batch, total = jax.lax.optimization_barrier((micro_batch, total))
             out = _as_varying(gradients(params, batch_stats, *micro_batch), labels)
             return jax.tree.map(jnp.add, total, out), None
 
         size = images.shape[0] // accum
         shapes = jax.eval_shape(gradients, params, batch_stats, images[:size], labels[:size])
         zeros = _as_varying(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), labels)
-        total, _ = jax.lax.scan(add, zeros, (micro(images), micro(labels)))
+        total, _ = jax.lax.scan(add, zeros, (micro(images), micro(labels)),
+                                unroll=backend.accumulation_unroll(platform, accum))
         return jax.tree.map(lambda x: x / accum, total)
 
     def per_device_step(state: TrainState, images, labels):

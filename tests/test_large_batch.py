@@ -13,7 +13,7 @@ import optax
 import pytest
 from rounding import assert_equal_up_to_rounding, train_step_terms
 
-from resnet_jax import configs, optim, parallel, steps, train, train_state
+from resnet_jax import benchmark, configs, optim, parallel, steps, train, train_state
 from resnet_jax.inputs.preprocess import InMemoryPreprocessing
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
@@ -252,3 +252,14 @@ def test_the_mlperf_recipe_is_the_reference_point():
     assert config.model.bn_group_size == 204 and config.loss.label_smoothing == 0.1
     with pytest.raises(ValueError, match='unknown batch'):
         recipe['get_config']('1000')
+
+
+def test_accumulation_holds_one_micro_batch_of_activations(tiny_config):
+    """However the loop over micro-batches is compiled (on a CPU it is unrolled), they run
+    one after the other: the step's temporary memory is about one micro-batch's."""
+    temp = {}
+    for accum in (1, 4):
+        config = tiny_config(batch_size=32 * accum, grad_accum_steps=accum, image_size=16)
+        compiled = benchmark.build_steps(config).train_compiled
+        temp[accum] = compiled.memory_analysis().temp_size_in_bytes
+    assert temp[4] < 1.5 * temp[1], temp
