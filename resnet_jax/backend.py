@@ -59,10 +59,9 @@ def training_context(platform: str) -> Iterator[None]:
 
 
 def accumulation_unroll(platform: str, micro_batches: int) -> int:
-    """How many micro-batches of gradient accumulation one loop iteration runs. XLA:CPU's
-    while loop cost 17% of a ResNet-20 step accumulated from 4 micro-batches of 512
-    (docs/large_batch.md): a CPU unrolls up to 8. Elsewhere one per iteration (compile
-    time grows with the unrolling)."""
+    """How many micro-batches of gradient accumulation one loop iteration runs: a CPU
+    unrolls up to 8, since XLA:CPU's while loop slowed the step (docs/large_batch.md);
+    elsewhere one per iteration (compile time grows with the unrolling)."""
     return min(micro_batches, 8) if platform == 'cpu' else 1
 
 

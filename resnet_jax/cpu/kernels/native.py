@@ -68,11 +68,20 @@ def _compiler() -> str:
     return os.environ.get('CXX', 'c++')
 
 
+@functools.cache
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo, read once per process (the flags are asked for at every convolution a
+    model traces); None where it cannot be read."""
+    try:
+        return Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return None
+
+
 def _cpu_identity() -> str:
     """What -march=native depends on: the CPU model and its instruction-set flags."""
-    try:
-        text = Path('/proc/cpuinfo').read_text()
-    except OSError:
+    text = _cpuinfo()
+    if text is None:
         return platform.processor() or platform.machine()
     first = text.split('\n\n', 1)[0]
     keep = ('model name', 'flags', 'Features', 'CPU part')
@@ -81,19 +90,13 @@ def _cpu_identity() -> str:
 
 def _cpu_flags() -> set[str] | None:
     """This CPU's instruction-set flags (Linux), None where they cannot be read."""
-    try:
-        return set(Path('/proc/cpuinfo').read_text().split())
-    except OSError:
-        return None
+    text = _cpuinfo()
+    return None if text is None else set(text.split())
 
 
 def cpu_vendor() -> str:
     """This CPU's vendor ('AuthenticAMD', 'GenuineIntel', ...), '' where not known."""
-    try:
-        text = Path('/proc/cpuinfo').read_text()
-    except OSError:
-        return ''
-    return next((line.split(':', 1)[1].strip() for line in text.splitlines()
+    return next((line.split(':', 1)[1].strip() for line in (_cpuinfo() or '').splitlines()
                  if line.startswith('vendor_id')), '')
 
 
