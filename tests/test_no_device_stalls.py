@@ -22,9 +22,6 @@ from resnet_jax import parallel
 # fix this aborted in 2 runs of 2 (ResNet-8, 32x32 images, batches of 250).
 SLOW_KERNELS_RUN = '''
 import sys
-from resnet_jax.cpu.kernels import native
-
-native.FLAGS = (*native.FLAGS, '-DRESNET_JAX_KERNEL_DELAY_MS=20')
 from resnet_jax import configs, train
 
 config = configs.get_base_config()
@@ -48,8 +45,7 @@ print('evaluated', final['top1_accuracy'])
 
 @pytest.mark.slow
 def test_slow_kernels_on_two_devices_finish(tmp_path):
-    env = {**os.environ,
-           'RESNET_JAX_KERNEL_CACHE': str(tmp_path / 'kernels'),
+    env = {**os.environ, 'RESNET_JAX_KERNEL_DELAY_MS': '20',
            # A stall then fails in 20 s instead of XLA's default 40.
            'XLA_FLAGS': '--xla_force_host_platform_device_count=2 '
                         '--xla_cpu_collective_call_terminate_timeout_seconds=20'}

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -178,24 +179,39 @@ def _compile(target: Path) -> Path:
     # produces a complete library, and none ever loads a half-written one.
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix='.so', dir=target.parent)
+        build_dir = Path(tempfile.mkdtemp(prefix='build-', dir=target.parent))
     except OSError as e:
         raise KernelBuildError(
             f'cannot write the kernel cache {target.parent} ({e}); point '
             '$RESNET_JAX_KERNEL_CACHE at a writable directory') from e
-    os.close(fd)
-    command = [_compiler(), *_flags(), f'-I{jax.ffi.include_dir()}', *map(str, SOURCES), '-o', tmp]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise KernelBuildError(
-                f'compiling the kernels failed ({" ".join(command)}):\n'
-                f'{result.stderr[-3000:]}')
-        os.replace(tmp, target)
+        # One compiler per source, side by side (the build is most of a first start), then
+        # one link.
+        objects = [build_dir / f'{source.stem}.o' for source in SOURCES]
+        _run_compiler([[_compiler(), *_flags(), f'-I{jax.ffi.include_dir()}', '-c', str(source),
+                        '-o', str(obj)] for source, obj in zip(SOURCES, objects, strict=True)])
+        library = build_dir / 'kernels.so'
+        _run_compiler([[_compiler(), *_flags(), *map(str, objects), '-o', str(library)]])
+        os.replace(library, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        shutil.rmtree(build_dir, ignore_errors=True)
     return target
+
+
+def _run_compiler(commands: Sequence[Sequence[str]]) -> None:
+    """Runs the commands at once; raises KernelBuildError with the first failure's output."""
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for command in commands]
+    try:
+        errors = [process.communicate(timeout=600)[1] for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for command, process, stderr in zip(commands, processes, errors, strict=True):
+        if process.returncode != 0:
+            raise KernelBuildError(
+                f'compiling the kernels failed ({" ".join(command)}):\n{stderr[-3000:]}')
 
 
 def _open(path: Path) -> tuple[str, str, dict[str, object]]:

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -81,12 +82,18 @@ inline int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
 // the pool's threads may all be busy (XLA runs independent operations side by side, this
 // one included), and then the caller does every task itself. A helper that starts late
 // finds no task left and touches nothing but `state`.
+// $RESNET_JAX_KERNEL_DELAY_MS, read once when the library loads: tests set it to make
+// every kernel call that many milliseconds slow on purpose (0, the default, adds nothing).
+inline const int kKernelDelayMs = [] {
+  const char* value = std::getenv("RESNET_JAX_KERNEL_DELAY_MS");
+  return value == nullptr ? 0 : std::max(0, std::atoi(value));
+}();
+
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t tasks, int64_t workers, F body) {
-#ifdef RESNET_JAX_KERNEL_DELAY_MS
-  // Tests build the kernels with this defined to make every call slow on purpose.
-  std::this_thread::sleep_for(std::chrono::milliseconds(RESNET_JAX_KERNEL_DELAY_MS));
-#endif
+  if (kKernelDelayMs > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(kKernelDelayMs));
+  }
   struct State {
     std::atomic<int64_t> next_task{0};
     std::mutex mu;
