@@ -38,6 +38,19 @@ def cifar10_dir() -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope='session')
+def cifar10_cache_dir(tmp_path_factory) -> pathlib.Path:
+    """One decoded-images cache ($RESNET_JAX_CACHE_DIR) for every test of this run, across
+    pytest-xdist's workers: the real CIFAR-10 is decoded once (the loader's lock makes a
+    second process wait for the first's cache), not once per test that reads it."""
+    base = tmp_path_factory.getbasetemp()
+    if base.name.startswith('popen-gw'):  # a worker's own folder; its parent is shared
+        base = base.parent
+    path = base / 'decoded_images'
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture
 def tiny_config():
     """The suite's tiny run (tests/tiny_config.py) with overrides: tiny_config(total_steps=8)."""

@@ -43,10 +43,11 @@ def _normal(key, shape):
 @needs_bf16_tiles
 @pytest.mark.parametrize('shape, kernel_shape, stride', [
     ((4, 9, 11, 16), (3, 3, 16, 32), 1),    # partly filled column blocks
-    ((2, 8, 8, 64), (3, 3, 64, 64), 1),     # several channel pairs and output vectors
+    pytest.param((2, 8, 8, 64), (3, 3, 64, 64), 1,  # several channel pairs, output vectors
+                 marks=pytest.mark.slow),
     ((4, 16, 16, 3), (3, 3, 3, 16), 1),     # the CIFAR stem: 3 channels, padded to 4
     ((3, 15, 9, 32), (3, 3, 32, 64), 2),    # strided: the input gradient is XLA's
-    ((2, 6, 13, 16), (1, 1, 16, 48), 1),
+    pytest.param((2, 6, 13, 16), (1, 1, 16, 48), 1, marks=pytest.mark.slow),
 ])
 def test_bfloat16_convolution_is_float32_rounded_once(shape, kernel_shape, stride):
     x, kernel = _normal(0, shape), _normal(1, kernel_shape)
@@ -127,7 +128,8 @@ def test_bfloat16_is_kept_off_the_cpu_and_with_the_tuned_tiles(monkeypatch):
 
 
 @needs_bf16_tiles
-@pytest.mark.parametrize('channels, features', [(64, 256), (256, 64), (6, 16)])
+@pytest.mark.parametrize('channels, features', [
+    (64, 256), pytest.param(256, 64, marks=pytest.mark.slow), (6, 16)])
 def test_bfloat16_1x1_convolution_is_float32_rounded_once(channels, features):
     x, kernel = _normal(8, (2, 7, 9, channels)), _normal(9, (channels, features))
     numbers = (((3,), (0,)), ((), ()))

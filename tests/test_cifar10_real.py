@@ -13,12 +13,15 @@ import time
 import pytest
 
 from resnet_jax import configs, train
+from resnet_jax.data import arrays
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / 'cifar10.py'
 
 
 @pytest.mark.slow
-def test_resnet20_learns_from_real_cifar10(cifar10_dir, tmp_path):
+def test_resnet20_learns_from_real_cifar10(cifar10_dir, cifar10_cache_dir, tmp_path,
+                                          monkeypatch):
+    monkeypatch.setenv(arrays.CACHE_DIR_ENV, str(cifar10_cache_dir))
     config = configs.load_config(f'{CONFIG}:resnet20')
     with config.unlocked():
         config.data_dir = str(cifar10_dir)

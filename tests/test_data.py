@@ -71,11 +71,6 @@ def _no_decoding(*args, **kwargs):
 
 
 @pytest.fixture(scope='session')
-def cifar10_cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('cifar10_cache')
-
-
-@pytest.fixture(scope='session')
 def cifar10(cifar10_dir, cifar10_cache_dir):
     """The real CIFAR-10, decoded once per session (which also writes the cache)."""
     with pytest.MonkeyPatch.context() as patch:
@@ -106,8 +101,7 @@ def test_cifar10_shapes_labels_and_class_order(cifar10, cifar10_dir):
 
 @pytest.mark.slow
 def test_cifar10_cache_round_trip(cifar10, cifar10_dir, cifar10_cache_dir, monkeypatch):
-    cached = list(cifar10_cache_dir.glob('*.npz'))
-    assert len(cached) == 1, 'the first load should have written one cache file'
+    assert list(cifar10_cache_dir.glob('cifar10-jpeg-*.npz')), 'the first load writes a cache'
     monkeypatch.setenv(arrays.CACHE_DIR_ENV, str(cifar10_cache_dir))
     monkeypatch.setattr(arrays, '_decode_images', _no_decoding)
     again = arrays.load_dataset('cifar10', str(cifar10_dir))

@@ -189,6 +189,7 @@ def _assert_same_update(got, want, config, devices):
         assert_equal_up_to_rounding(a, b, terms=terms, steps=2)
 
 
+@pytest.mark.slow
 def test_accumulation_is_the_large_batch_with_batch_norm_per_micro_batch(tiny_config):
     accumulated, metrics = _two_steps(tiny_config(grad_accum_steps=2), devices=1)
     # The whole batch of 8 in one pass, BatchNorm over groups of 4: the same update.
@@ -204,6 +205,7 @@ def test_accumulation_is_the_large_batch_with_batch_norm_per_micro_batch(tiny_co
                            jax.tree.leaves(accumulated.batch_stats)[0])
 
 
+@pytest.mark.slow
 def test_accumulation_with_synchronised_batch_norm_on_two_devices(tiny_config):
     """Micro-batch j normalises over the j-th quarter of both devices' shares together."""
     config = tiny_config(grad_accum_steps=2, sync_batch_norm=True)
@@ -254,6 +256,7 @@ def test_the_mlperf_recipe_is_the_reference_point():
         recipe['get_config']('1000')
 
 
+@pytest.mark.slow
 def test_accumulation_holds_one_micro_batch_of_activations(tiny_config):
     """However the loop over micro-batches is compiled (on a CPU it is unrolled), they run
     one after the other: the step's temporary memory is about one micro-batch's."""

@@ -243,7 +243,7 @@ def test_two_processes_stream_and_evaluate_as_one(streaming_runs):
 
 # The tiny run, long enough that a SIGTERM at step 2 comes well before the end; the only
 # checkpoints are the one the signal makes and the last, so a rerun must resume from it.
-PREEMPT_STEPS = 60
+PREEMPT_STEPS = 24
 PREEMPT_RUN = [*TINY_RUN, f'--config.total_steps={PREEMPT_STEPS}', '--config.log_every_steps=1',
                '--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000']
 

@@ -254,20 +254,25 @@ def test_the_sown_response_is_bn_of_the_conv_output_before_add_and_relu():
                                 terms=manual.size, steps=2)  # the mean, then the variance
 
 
+# Each case starts the command; the fast tier runs the first, the slow tier all.
 @pytest.mark.parametrize('args, expected', [
-    (['table7', '--workdir', 'W'], "error: unknown study 'table7'; choose one of cifar10, "
-                                   'degradation'),
-    (['cifar10', '--workdir', 'W', '--models', 'resnet20,resnet57'],
-     "error: unknown model 'resnet57' in --models; choose from resnet20"),
-    (['cifar10', '--workdir', 'W', '--config.totl_steps=3'],
-     'Did you mean "total_steps" instead of "totl_steps"?'),
-    (['cifar10', '--workdir', 'W', '--config.seed=3'],
-     'error: --config.seed=3: the study sets seed itself; use --seeds'),
-    (['cifar10', '--workdir', 'W', '--config.total_steps=20'],
-     'error: eval_every_steps=4000 is longer than the run (20 steps); add '
-     '--config.eval_every_steps=N'),
-    (['cifar10', '--workdir', 'W', '--parallel', '0'], 'error: --parallel=0: give 1 or more'),
-], ids=['study', 'model', 'override', 'seed', 'intervals', 'parallel'])
+    pytest.param(['table7', '--workdir', 'W'],
+                 "error: unknown study 'table7'; choose one of cifar10, degradation", id='study'),
+    pytest.param(['cifar10', '--workdir', 'W', '--models', 'resnet20,resnet57'],
+                 "error: unknown model 'resnet57' in --models; choose from resnet20",
+                 id='model', marks=pytest.mark.slow),
+    pytest.param(['cifar10', '--workdir', 'W', '--config.totl_steps=3'],
+                 'Did you mean "total_steps" instead of "totl_steps"?', id='override',
+                 marks=pytest.mark.slow),
+    pytest.param(['cifar10', '--workdir', 'W', '--config.seed=3'],
+                 'error: --config.seed=3: the study sets seed itself; use --seeds', id='seed',
+                 marks=pytest.mark.slow),
+    pytest.param(['cifar10', '--workdir', 'W', '--config.total_steps=20'],
+                 'error: eval_every_steps=4000 is longer than the run (20 steps); add '
+                 '--config.eval_every_steps=N', id='intervals', marks=pytest.mark.slow),
+    pytest.param(['cifar10', '--workdir', 'W', '--parallel', '0'],
+                 'error: --parallel=0: give 1 or more', id='parallel', marks=pytest.mark.slow),
+])
 def test_a_bad_study_is_one_line_before_any_run(args, expected, tmp_path):
     args = [str(tmp_path / 'study') if a == 'W' else a for a in args]
     result = subprocess.run(reproduce(*args), cwd=REPO, capture_output=True, text=True,
