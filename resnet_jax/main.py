@@ -52,7 +52,11 @@ flags.DEFINE_bool(
     'of returning it to the system (glibc malloc settings; resnet_jax/cpu/host_memory.py): '
     'faster steps (docs/cpu.md), and the process then holds its peak memory.')
 flags.DEFINE_string(
-    'compilation_cache_dir', os.path.join('~', '.cache', 'resnet_jax', 'jax_compilation'),
+    'compilation_cache_dir',
+    # JAX's own variable where it is set (tests share one cache with the jobs they start).
+    os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join('~', '.cache'), 'resnet_jax',
+        'jax_compilation'),
     "JAX's persistent compilation cache, so that a second start of the same experiment "
     'skips compiling; empty disables it.')
 

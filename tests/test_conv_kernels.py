@@ -225,6 +225,20 @@ def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path, monkeypatch):
     assert rebuilt.stdout.strip().splitlines()[-2] == isa
 
 
+def test_a_failing_compile_names_the_command_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    compiler = tmp_path / 'c++'
+    compiler.write_text('#!/bin/sh\n[ "$1" = --version ] && { echo failing 1; exit 0; }\n'
+                        'case " $* " in *pooling.cc*) echo "pooling.cc:1: error: no" >&2; '
+                        'exit 1;; esac\nexit 0\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv('CXX', str(compiler))
+    monkeypatch.setenv('RESNET_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
+    with pytest.raises(native.KernelBuildError, match=r'(?s)pooling\.cc.*pooling\.cc:1: error'):
+        native.build()
+    assert [p.name for p in (tmp_path / 'cache').iterdir()] == [native.library_path().name
+                                                                + '.lock']
+
+
 def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
     code = ('from resnet_jax import backend, layers; '
             "assert backend.layers('kernels', 'cpu') == layers.XLA_LAYERS")
