@@ -6,8 +6,8 @@ Two file formats, as torchvision's weights and users' own checkpoints come:
   pickle (`<name>/data.pkl`) whose tensors point at raw storages (`<name>/data/<key>`).
   A restricted unpickler rebuilds each tensor as a numpy array and refuses every other
   global, so reading a file cannot run code from it.
-- `.safetensors`: an 8-byte little-endian header length, a JSON header of
-  {name: {dtype, shape, data_offsets}} and the raw little-endian data.
+- `.safetensors`, read and written by the `safetensors` package (its numpy API: no
+  PyTorch needed).
 
 `read_state_dict(path)` returns {name: numpy array} for either.
 """
@@ -15,15 +15,15 @@ Two file formats, as torchvision's weights and users' own checkpoints come:
 from __future__ import annotations
 
 import collections
-import json
 import os
 import pickle
-import struct
 import zipfile
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 
 class StateDictError(ValueError):
@@ -37,13 +37,6 @@ _STORAGE_DTYPES = {
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
     'BoolStorage': np.bool_,
 }
-_SAFETENSORS_DTYPES = {
-    'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8,
-    'BOOL': np.bool_,
-}
-
-
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """{name: array} of a `.pth`/`.pt` (torch.save) or `.safetensors` file.
 
@@ -82,29 +75,10 @@ def _unwrap(path: str, obj: Any) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
-    with open(path, 'rb') as file:
-        data = file.read()
     try:
-        (header_size,) = struct.unpack('<Q', data[:8])
-        header = json.loads(data[8:8 + header_size])
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StateDictError(f'{path}: not a safetensors file ({error})') from error
-    body = memoryview(data)[8 + header_size:]
-    tensors = {}
-    for name, entry in header.items():
-        if name == '__metadata__':
-            continue
-        if entry['dtype'] not in _SAFETENSORS_DTYPES:
-            raise StateDictError(f'{path}: tensor {name!r} has unsupported dtype '
-                                 f'{entry["dtype"]}')
-        start, end = entry['data_offsets']
-        dtype = np.dtype(_SAFETENSORS_DTYPES[entry['dtype']]).newbyteorder('<')
-        if end > len(body) or (end - start) != dtype.itemsize * int(np.prod(entry['shape'])):
-            raise StateDictError(f'{path}: tensor {name!r} runs past the end of the file '
-                                 '(truncated?)')
-        array = np.frombuffer(body[start:end], dtype).reshape(entry['shape'])
-        tensors[name] = array.astype(array.dtype.newbyteorder('='))
-    return tensors
+        return safetensors.numpy.load_file(path)
+    except (safetensors.SafetensorError, OSError, ValueError, TypeError) as error:
+        raise StateDictError(f'{path}: not a readable safetensors file ({error})') from error
 
 
 # ---------------------------------------------------------------- torch.save (zip)
@@ -187,18 +161,5 @@ def _read_torch_zip(path: str) -> Any:
 
 def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
     """Writes {name: array} as a .safetensors file (the format `read_state_dict` reads)."""
-    codes = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
-    header, offset, chunks = {}, 0, []
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array, np.dtype(array.dtype).newbyteorder('<'))
-        data = array.tobytes()
-        header[name] = {'dtype': codes[np.dtype(array.dtype).newbyteorder('=')],
-                        'shape': list(array.shape), 'data_offsets': [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    encoded = json.dumps(header).encode()
-    encoded += b' ' * (-len(encoded) % 8)  # the format aligns the data to 8 bytes
-    with open(path, 'wb') as file:
-        file.write(struct.pack('<Q', len(encoded)) + encoded)
-        for data in chunks:
-            file.write(data)
+    safetensors.numpy.save_file({name: np.ascontiguousarray(array)
+                                 for name, array in tensors.items()}, path)

@@ -1,12 +1,35 @@
-"""Helpers of the streaming tests (test_streaming, test_streaming_tfds): the host
-augmentation of a small image folder, a tiny streamed config, and the resume check."""
+"""Helpers of the streaming tests (test_streaming, test_streaming_tfds, the streamed kill
+test): a small image folder, its host augmentation, a tiny streamed config, and the resume
+check."""
+
+import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from PIL import Image
 
 from resnet_jax import configs
 from resnet_jax.data import tf_pipelines
+
+CLASSES = ('ant', 'bee', 'cat')
+
+
+def write_folder(root, per_class=(6, 3), seed=0, png_every=5):
+    """<root>/{train,val}/<class>/*.jpg of assorted sizes; the class is in the red channel."""
+    rng = np.random.default_rng(seed)
+    count = 0
+    for split, n in zip(('train', 'val'), per_class, strict=True):
+        for label, name in enumerate(CLASSES):
+            os.makedirs(root / split / name, exist_ok=True)
+            for i in range(n):
+                height, width = rng.integers(36, 80, 2)
+                image = rng.integers(0, 256, (height, width, 3), np.uint8)
+                image[..., 0] = 40 + 80 * label
+                ext = 'png' if count % png_every == 0 else 'jpg'
+                Image.fromarray(image).save(root / split / name / f'{i}.{ext}')
+                count += 1
+    return root
 
 
 def augmentation(kind='scale'):

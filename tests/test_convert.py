@@ -6,6 +6,7 @@ import json
 import pickle
 import zipfile
 
+import ml_dtypes
 import numpy as np
 import pytest
 from model_dirs import (
@@ -71,6 +72,16 @@ def test_safetensors_round_trip_and_wrapped_checkpoints(tmp_path):
     assert sorted(read) == ['a.weight', 'b']  # DataParallel's 'module.' prefix removed
     np.testing.assert_array_equal(read['a.weight'], tensors['a.weight'])
     assert read['b'].dtype == np.int64
+    halves = {'w': np.arange(4, dtype=np.float32).astype(ml_dtypes.bfloat16)}
+    torch_files.write_safetensors(str(tmp_path / 'h.safetensors'), halves)
+    read = torch_files.read_state_dict(str(tmp_path / 'h.safetensors'))
+    assert read['w'].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(read['w'], halves['w'])
+    data = (tmp_path / 'x.safetensors').read_bytes()
+    (tmp_path / 'cut.safetensors').write_bytes(data[:-4])  # as a full disk leaves it
+    with pytest.raises(torch_files.StateDictError,
+                       match=r'cut\.safetensors: not a readable safetensors file'):
+        torch_files.read_state_dict(str(tmp_path / 'cut.safetensors'))
 
 
 def test_a_pickle_with_code_is_refused(tmp_path):

@@ -114,7 +114,7 @@ def streaming_command(data_dir) -> list[str]:
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_a_run_never_stopped_when_streaming(tmp_path):
     pytest.importorskip('tensorflow')
-    from test_streaming import write_folder
+    from streaming_helpers import write_folder
 
     command = streaming_command(write_folder(tmp_path / 'folder'))
     uninterrupted_run = tmp_path / 'uninterrupted'

@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+from resnet_jax.data import arrays
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Shorter, and nothing else: 6 steps, a checkpoint every 3, a log line every 3.
 SHORTEN = ['--config.total_steps=6', '--config.checkpoint_every_steps=3',
@@ -50,8 +52,12 @@ def flag(words: list[str], name: str) -> str:
 
 
 @pytest.fixture
-def main_job():
-    """The command, its workdir (relative to the repository root) and its data path."""
+def main_job(cifar10_cache_dir, monkeypatch):
+    """The command, its workdir (relative to the repository root) and its data path.
+
+    The decoded images come from the run's one cache (conftest.py): the command is the
+    README's, only the images it decodes on a first start are not decoded again."""
+    monkeypatch.setenv(arrays.CACHE_DIR_ENV, str(cifar10_cache_dir))
     words = readme_main_job()
     workdir = flag(words, '--workdir')
     data_dir = flag(words, '--config.data_dir')

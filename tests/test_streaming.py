@@ -1,12 +1,10 @@
 """The streaming pipeline: host crops, determinism, per-process shares, resume, evaluation."""
 
 import json
-import os
 import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 tf = pytest.importorskip('tensorflow')
 
@@ -16,29 +14,11 @@ from streaming_helpers import (  # noqa: E402
     final_state,
     streaming_config,
     take,
+    write_folder,
 )
 
 from resnet_jax import configs, evaluation  # noqa: E402
 from resnet_jax.data import host_augment, sources, tf_pipelines  # noqa: E402
-
-CLASSES = ('ant', 'bee', 'cat')
-
-
-def write_folder(root, per_class=(6, 3), seed=0, png_every=5):
-    """<root>/{train,val}/<class>/*.jpg of assorted sizes; the class is in the red channel."""
-    rng = np.random.default_rng(seed)
-    count = 0
-    for split, n in zip(('train', 'val'), per_class, strict=True):
-        for label, name in enumerate(CLASSES):
-            os.makedirs(root / split / name, exist_ok=True)
-            for i in range(n):
-                height, width = rng.integers(36, 80, 2)
-                image = rng.integers(0, 256, (height, width, 3), np.uint8)
-                image[..., 0] = 40 + 80 * label
-                ext = 'png' if count % png_every == 0 else 'jpg'
-                Image.fromarray(image).save(root / split / name / f'{i}.{ext}')
-                count += 1
-    return root
 
 
 @pytest.fixture(scope='module')
