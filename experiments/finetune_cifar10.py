@@ -19,28 +19,18 @@ The 1000-class head is replaced by a fresh 10-class one (logged); everything els
 from the checkpoint. SGD, momentum 0.9, batch 64, cosine decay from lr 0.01 after a
 100-step linear warm-up, weight decay 1e-4 on kernels only.
 
-Expected result: not yet measured with real ImageNet weights. The figures below start
-from a converted torchvision file with torchvision's own random initialisation (seeded,
-tests/fixtures/make_torchvision_fixtures.py --full): they measure the fine-tuning
-machinery and its speed, not the benefit of pretraining. Published
-fine-tuning results of ImageNet ResNet-50s on CIFAR-10 at 224px are around 97-98% top-1
-(Kornblith et al. 2019, "Do Better ImageNet Models Transfer Better?").
-
-Measured (2026-12-01, 2-core AMD EPYC with AVX-512 shared with other work, one JAX CPU
-device), from torchvision's random initialisation (resnet18(weights=None), seed 0,
-converted), not from ImageNet weights: `resnet18,cpu` reached 52.43% test top-1 (top-5
-93.97%) in 8 min 28 s for the whole command (results/pretrained_2026-12-01/
-finetune_cifar10_resnet18_cpu.log). `resnet50` at 224px trains at 2.6 images/s on that
-CPU (about 16 h for its 3 epochs): run it on a GPU; not measured there yet.
+Expected result: published fine-tuning results of ImageNet ResNet-50s on CIFAR-10 at
+224px are around 97-98% top-1 (Kornblith et al. 2019, "Do Better ImageNet Models Transfer
+Better?"); not yet measured here with real ImageNet weights. What was measured from a
+converted random initialisation (the machinery and its speed): docs/pretrained.md.
 """
 
 import pathlib
-import runpy
 
-from resnet_jax import models
+from resnet_jax import models, pyfiles
 
 # Starts from the paper's ImageNet recipe, beside this file.
-_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
+_IMAGENET = pyfiles.import_file(pathlib.Path(__file__).with_name('imagenet.py'))
 
 FULL_SIZE = 224
 CPU_SIZE = 64
@@ -54,7 +44,7 @@ def get_config(arg: str = 'resnet50'):
         raise ValueError(f'unknown network {name!r}; choose one of {", ".join(imagenet_nets)}')
     if variant not in ('', 'cpu'):
         raise ValueError(f"unknown variant {variant!r}: the only one is '{name},cpu'")
-    config = _IMAGENET['get_config'](name)
+    config = _IMAGENET.get_config(name)
     config.pipeline = 'streaming'
     config.dataset = 'image_folder'
     config.num_classes = None  # from the folder: 10

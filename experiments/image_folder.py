@@ -22,14 +22,15 @@ many images per second and core the pipeline decodes, to size the machine.
 """
 
 import pathlib
-import runpy
+
+from resnet_jax import pyfiles
 
 # Starts from the paper's ImageNet recipe, beside this file.
-_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
+_IMAGENET = pyfiles.import_file(pathlib.Path(__file__).with_name('imagenet.py'))
 
 
 def get_config(arg: str = 'resnet50'):
-    config = _IMAGENET['get_config'](arg)
+    config = _IMAGENET.get_config(arg)
     config.pipeline = 'streaming'
     config.dataset = 'image_folder'
     config.num_classes = None  # from the folder.

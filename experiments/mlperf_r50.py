@@ -32,9 +32,10 @@ No run of this recipe here yet.
 
 import math
 import pathlib
-import runpy
 
-_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
+from resnet_jax import pyfiles
+
+_IMAGENET = pyfiles.import_file(pathlib.Path(__file__).with_name('imagenet.py'))
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 # batch: (learning rate, warm-up epochs, momentum, weight decay, decay steps, BatchNorm
@@ -55,7 +56,7 @@ def get_config(arg: str = '3264'):
                          f'{", ".join(str(b) for b in REFERENCE_POINTS)}')
     batch = int(arg)
     lr, warmup_epochs, momentum, weight_decay, decay_steps, bn_span, _ = REFERENCE_POINTS[batch]
-    config = _IMAGENET['get_config']('resnet50')
+    config = _IMAGENET.get_config('resnet50')
     config.model.variant = 'v1.5'
     config.model.bn_group_size = bn_span
     config.batch_size = batch

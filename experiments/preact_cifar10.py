@@ -23,17 +23,18 @@ with mini-batches of 64. Parameters (Table 4): ResNet-164 1.7M, ResNet-1001 10.2
 """
 
 import pathlib
-import runpy
+
+from resnet_jax import pyfiles
 
 # The recipe lives beside this file (loaded by path, so the config works from any directory).
-_CIFAR10 = runpy.run_path(str(pathlib.Path(__file__).with_name('cifar10.py')))
+_CIFAR10 = pyfiles.import_file(pathlib.Path(__file__).with_name('cifar10.py'))
 
-MODELS = tuple(f'resnet{d}' for d in _CIFAR10['DEPTHS']) + ('resnet164', 'resnet1001')
+MODELS = tuple(f'resnet{d}' for d in _CIFAR10.DEPTHS) + ('resnet164', 'resnet1001')
 
 
 def get_config(arg: str = 'resnet164'):
-    name, short = _CIFAR10['parse_arg'](arg, MODELS)
-    config = _CIFAR10['recipe'](f'cifar_{name}', short)
+    name, short = _CIFAR10.parse_arg(arg, MODELS)
+    config = _CIFAR10.recipe(f'cifar_{name}', short)
     kind = 'bottleneck' if name in ('resnet164', 'resnet1001') else 'basic'
     config.model.block = f'preact_{kind}'  # and shortcut B, the default of these blocks
     config.schedule.warmup = 400

@@ -21,9 +21,10 @@ project's evaluation modes: centre_crop (224), ten_crop and multi_scale are repo
 """
 
 import pathlib
-import runpy
 
-_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
+from resnet_jax import pyfiles
+
+_IMAGENET = pyfiles.import_file(pathlib.Path(__file__).with_name('imagenet.py'))
 
 MODELS = ('resnet50', 'resnet101', 'resnet152', 'resnet200')
 
@@ -32,6 +33,6 @@ def get_config(arg: str = 'resnet200'):
     if arg not in MODELS:
         raise ValueError(f'unknown pre-activation ImageNet net {arg!r}; choose one of '
                          f'{", ".join(MODELS)}')
-    config = _IMAGENET['get_config'](arg)
+    config = _IMAGENET.get_config(arg)
     config.model.block = 'preact_bottleneck'
     return config

@@ -8,12 +8,13 @@ testing). Time on named hardware: not measured yet.
 """
 
 import pathlib
-import runpy
+
+from resnet_jax import pyfiles
 
 # The recipe all five depths share lives beside this file (loaded by path, so that the
 # config works from any directory).
-_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
+_IMAGENET = pyfiles.import_file(pathlib.Path(__file__).with_name('imagenet.py'))
 
 
 def get_config():
-    return _IMAGENET['get_config']('resnet152')
+    return _IMAGENET.get_config('resnet152')

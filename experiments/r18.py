@@ -8,14 +8,15 @@ plain-18 27.94%). Time on named hardware: not measured yet.
 """
 
 import pathlib
-import runpy
+
+from resnet_jax import pyfiles
 
 # The recipe all five depths share lives beside this file (loaded by path, so that the
 # config works from any directory).
-_IMAGENET = runpy.run_path(str(pathlib.Path(__file__).with_name('imagenet.py')))
+_IMAGENET = pyfiles.import_file(pathlib.Path(__file__).with_name('imagenet.py'))
 
 
 def get_config():
-    config = _IMAGENET['get_config']('resnet18')
+    config = _IMAGENET.get_config('resnet18')
     config.model.shortcut = 'A'  # the paper's only ResNet-18 result (Table 2) is option A.
     return config

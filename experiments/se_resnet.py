@@ -19,13 +19,12 @@ only defines things.
 from __future__ import annotations
 
 import pathlib
-import runpy
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import models
+from resnet_jax import models, pyfiles
 
 
 class SEBasicBlock(models.BasicBlock):
@@ -57,8 +56,8 @@ MODELS = ('resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110')
 
 def get_config(arg: str = 'resnet20'):
     here = pathlib.Path(__file__).resolve()
-    cifar10 = runpy.run_path(str(here.with_name('cifar10.py')))
-    name, short = cifar10['parse_arg'](arg, MODELS)
-    config = cifar10['recipe'](f'cifar_{name}', short)
+    cifar10 = pyfiles.import_file(here.with_name('cifar10.py'))
+    name, short = cifar10.parse_arg(arg, MODELS)
+    config = cifar10.recipe(f'cifar_{name}', short)
     config.model.block = f'{here}:SEBasicBlock'
     return config

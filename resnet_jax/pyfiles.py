@@ -1,6 +1,7 @@
-"""Python files named by path (experiment configs, blocks defined in them), imported under
-a name of their own and kept in `sys.modules` as a module should be (dataclasses, and so
-flax modules, defined in the file need that). A block's file is imported once per process,
+"""Python files named by path, imported under a name of their own and kept in
+`sys.modules` as a module should be (dataclasses, and so flax modules, defined in the
+file need that): the one way config files, the experiments they build on, study files and
+block files are read. A block's file is imported once per process,
 so that its classes stay the same objects; `--config` itself is read by ml_collections'
 flags, which import the file once more, as a module of their own."""
 
@@ -13,7 +14,7 @@ import sys
 import types
 
 
-def import_file(path: str, *, again: bool = False) -> types.ModuleType:
+def import_file(path: str | os.PathLike, *, again: bool = False) -> types.ModuleType:
     """The module of the Python file at `path` (FileNotFoundError if there is none). A file
     imported before is not run again, so that its classes stay the same objects, unless
     `again` (a config file, which may have changed since)."""

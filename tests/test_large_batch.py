@@ -4,7 +4,6 @@ gradient accumulation, each against its formula or its equivalent computation.""
 import logging
 import math
 import pathlib
-import runpy
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import optax
 import pytest
 from rounding import assert_equal_up_to_rounding, train_step_terms
 
-from resnet_jax import benchmark, configs, optim, parallel, steps, train, train_state
+from resnet_jax import benchmark, configs, optim, parallel, pyfiles, steps, train, train_state
 from resnet_jax.inputs.preprocess import InMemoryPreprocessing
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
@@ -32,7 +31,7 @@ def test_the_rate_scales_with_the_batch_and_says_why():
     line = optim.describe_learning_rate(config)
     assert line.startswith('lr 1.6 = 0.1 x 2048/128 ')
     assert 'linear warm-up from 0 over 5 epochs' in line
-    imagenet = runpy.run_path(str(EXPERIMENTS / 'imagenet.py'))['get_config']('resnet50')
+    imagenet = pyfiles.import_file(EXPERIMENTS / 'imagenet.py').get_config('resnet50')
     imagenet.batch_size = 4096
     assert optim.describe_learning_rate(imagenet).startswith('lr 1.6 = 0.1 x 4096/256 ')
     imagenet.batch_size = 256  # the paper's batch: its rate, no warm-up
@@ -243,8 +242,8 @@ def test_bad_large_batch_settings_fail_before_compiling(tiny_config, tmp_path, o
 
 
 def test_the_mlperf_recipe_is_the_reference_point():
-    recipe = runpy.run_path(str(EXPERIMENTS / 'mlperf_r50.py'))
-    config = recipe['get_config']('3264')
+    recipe = pyfiles.import_file(EXPERIMENTS / 'mlperf_r50.py')
+    config = recipe.get_config('3264')
     configs.validate_config(config)
     assert (config.optim.name, config.schedule.lr, config.optim.weight_decay) == (
         'lars', 10.5, 5e-5)
@@ -253,7 +252,7 @@ def test_the_mlperf_recipe_is_the_reference_point():
     assert config.total_steps == 2 * steps_per_epoch + 14523
     assert config.model.bn_group_size == 204 and config.loss.label_smoothing == 0.1
     with pytest.raises(ValueError, match='unknown batch'):
-        recipe['get_config']('1000')
+        recipe.get_config('1000')
 
 
 @pytest.mark.slow
