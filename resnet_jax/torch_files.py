@@ -37,6 +37,8 @@ _STORAGE_DTYPES = {
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
     'BoolStorage': np.bool_,
 }
+
+
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """{name: array} of a `.pth`/`.pt` (torch.save) or `.safetensors` file.
 

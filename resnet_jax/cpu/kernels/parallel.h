@@ -77,11 +77,6 @@ inline int64_t NumWorkers(ffi::ThreadPool& pool, int64_t tasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), tasks));
 }
 
-// Runs body(task) for every task in [0, tasks) on up to `workers` threads: this one and
-// helpers offered to the pool. The caller never waits for a helper that has not started:
-// the pool's threads may all be busy (XLA runs independent operations side by side, this
-// one included), and then the caller does every task itself. A helper that starts late
-// finds no task left and touches nothing but `state`.
 // $RESNET_JAX_KERNEL_DELAY_MS, read once when the library loads: tests set it to make
 // every kernel call that many milliseconds slow on purpose (0, the default, adds nothing).
 inline const int kKernelDelayMs = [] {
@@ -89,6 +84,11 @@ inline const int kKernelDelayMs = [] {
   return value == nullptr ? 0 : std::max(0, std::atoi(value));
 }();
 
+// Runs body(task) for every task in [0, tasks) on up to `workers` threads: this one and
+// helpers offered to the pool. The caller never waits for a helper that has not started:
+// the pool's threads may all be busy (XLA runs independent operations side by side, this
+// one included), and then the caller does every task itself. A helper that starts late
+// finds no task left and touches nothing but `state`.
 template <typename F>
 void ParallelFor(ffi::ThreadPool& pool, int64_t tasks, int64_t workers, F body) {
   if (kKernelDelayMs > 0) {
