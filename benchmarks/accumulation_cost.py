@@ -19,7 +19,8 @@ import time
 
 import jax
 
-from resnet_jax import backend, benchmark
+from resnet_jax import backend
+from resnet_jax.training import benchmark
 
 
 def _timed(train, steps: int, first: int) -> float:

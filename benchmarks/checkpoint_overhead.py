@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import checkpoint, configs, optim, parallel, steps, train, train_state
-from resnet_jax.inputs.preprocess import InMemoryPreprocessing
+from resnet_jax import configs, parallel
+from resnet_jax.inputs.device_preprocessing import InMemoryPreprocessing
+from resnet_jax.runs import checkpoint
+from resnet_jax.training import optim, steps, train, train_state
 
 
 def main() -> None:
@@ -36,7 +38,7 @@ def main() -> None:
     config = configs.get_base_config()
     config.model.name = args.model
     mesh = parallel.make_mesh()
-    model = train.build_model(config, 10)
+    model = train.build_model(config, 10, mesh)
     schedule = optim.learning_rate_schedule(config, 100, 10_000)
     tx = optim.make_optimizer(config, schedule)
     state = train_state.create_train_state(
@@ -48,8 +50,8 @@ def main() -> None:
     indices = jnp.arange(args.batch_size, dtype=jnp.int32)
     preprocessing = InMemoryPreprocessing.from_config(config, np.zeros(shape, np.uint8),
                                                       model.dtype)
-    step = steps.make_train_step(model, tx, schedule, mesh, preprocess=preprocessing.train,
-                                 augment_key=jax.random.key(1))
+    step = steps.make_steps(config, mesh, model, tx, schedule, preprocessing,
+                            jax.random.key(1)).train
     state, metrics = step(state, images, labels, indices)  # compile
     jax.block_until_ready(metrics)
 

@@ -11,12 +11,12 @@ It prints the median seconds per step of each and the ratio to PyTorch eager (> 
 than torch eager). The default cases are CIFAR ResNet-20 and ResNet-56 at batch 128 and
 ResNet-50 at batch 32 (`DEFAULT_CASES`).
 
-Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.benchmark.build_steps`, with
+Contenders: `jax` (the real `resnet_jax` step via `resnet_jax.training.benchmark.build_steps`, with
 the XLA_FLAGS of the environment and, as `resnet_jax.main` on a CPU, malloc keeping freed
-memory: resnet_jax/cpu/host_memory.py), `jax-2dev` (the same on 2 simulated CPU devices, data
-parallel over the cores), a `-xla`, `-conv` or `-kernels` suffix to either (the same with
-`cpu_kernels='xla'`: XLA's ops instead of resnet_jax.cpu.kernels', `'conv'`: the
-convolution kernels only, or `'kernels'`: all of them, on any CPU), `torch`,
+memory: resnet_jax/backend/cpu/host_memory.py), `jax-2dev` (the same on 2 simulated CPU
+devices, data parallel over the cores), a `-xla`, `-conv` or `-kernels` suffix to either
+(the same with `cpu_kernels='xla'`: XLA's ops instead of resnet_jax.backend.cpu.kernels',
+`'conv'`: the convolution kernels only, or `'kernels'`: all of them, on any CPU), `torch`,
 `torch-compile`, and any `jax+NAME` defined with
 `--variant NAME='--xla_flag=value ...'` (extra XLA_FLAGS; for trying XLA options).
 Options after a slash change the worker's malloc: `/retain` (e.g. `torch/retain`) starts it
@@ -51,7 +51,7 @@ DEFAULT_CASES = ('experiments/cifar10.py:resnet20@128', 'experiments/cifar10.py:
 
 
 def _jax_worker(config_spec: str, batch_size: int, dtype: str, cpu_kernels: str):
-    from resnet_jax import benchmark
+    from resnet_jax.training import benchmark
 
     config = benchmark.load_config(config_spec, batch_size, dtype)
     config.cpu_kernels = cpu_kernels
@@ -65,8 +65,8 @@ def _torch_worker(config_spec: str, batch_size: int, dtype: str, compile: bool):
     sys.path.insert(0, str(REPO / 'benchmarks'))
     import torch_reference
 
-    from resnet_jax import benchmark
     from resnet_jax.inputs.base import shape_from_config
+    from resnet_jax.training import benchmark
 
     config = benchmark.load_config(config_spec, batch_size, dtype)
     num_classes, image_size = shape_from_config(config)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On one GPU: training and eval speed of this project's steps on synthetic data
-# (python -m resnet_jax.benchmark): ResNet-50 224px batch 256 in bfloat16 and float32,
+# (python -m resnet_jax.training.benchmark): ResNet-50 224px batch 256 in bfloat16 and float32,
 # and the CIFAR ResNet-20 step at batch 128.
 #
 #   OUTPUT=results/gpu benchmarks/gpu_benchmark.sh
@@ -25,7 +25,7 @@ bench() {  # NAME DIR ARGS...: one benchmark, run from DIR so that its resnet_ja
   local name=$1 dir=$2
   shift 2
   echo "== $name =="
-  (cd "$dir" && timeout "${CASE_TIMEOUT:-150}" python3 -m resnet_jax.benchmark "$@" \
+  (cd "$dir" && timeout "${CASE_TIMEOUT:-150}" python3 -m resnet_jax.training.benchmark "$@" \
     --json "$out/$name.json") 2>&1 | grep -v '^[IW][0-9]' | tee "$out/$name.txt"
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On one GPU: Table 6's nets on the paper's full schedule (64k iterations), several at once
-# (`python -m resnet_jax.reproduce cifar10 --parallel N`, in-memory input, no TensorFlow),
+# (`python -m resnet_jax.paper.reproduce cifar10 --parallel N`, in-memory input, no TensorFlow),
 # beside the PyTorch reference ResNet-20 on the same schedule and files, with the GPU's
 # utilisation sampled throughout. Writes under OUTPUT: results.md, figure6.png, each run's
 # config/metrics/final eval/log, the PyTorch run's, and gpu_utilisation.csv.
@@ -62,7 +62,7 @@ fi
 # Each JAX run preallocates 0.9/PARALLEL of the GPU's memory; the last tenth holds torch's.
 echo "== Table 6: $models, $parallel at once, for at most $budget s =="
 start=$(date +%s)
-timeout --preserve-status -s TERM -k 120 "$budget" python3 -m resnet_jax.reproduce cifar10 --workdir "$work/table6" \
+timeout --preserve-status -s TERM -k 120 "$budget" python3 -m resnet_jax.paper.reproduce cifar10 --workdir "$work/table6" \
   --models "$models" --parallel "$parallel" "${data[@]}" "${shrink[@]}" 2>&1 \
   | grep -v '^W' > "$out/reproduce.log"
 status=${PIPESTATUS[0]}

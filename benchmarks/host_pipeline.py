@@ -3,7 +3,7 @@
 Writes ImageNet-like JPEGs (500x375 and the other common ImageNet shapes, quality 90,
 smooth shading with objects, texture and sensor noise) into a temporary image folder, or
 reads an existing one (--data-dir), and runs the real tf.data pipelines of
-`resnet_jax.data.tf_pipelines` on it: `TrainStream` with the 'scale' (the paper) and
+`resnet_jax.inputs.tf_pipelines` on it: `TrainStream` with the 'scale' (the paper) and
 'inception' host augmentations, and `eval_dataset` in the 'center_crop', 'ten_crop' and
 'multi_scale' modes, all with the default `configs.streaming_config()` values and 224-pixel
 crops. A reference line decodes whole JPEGs alone (read + `tf.io.decode_jpeg`).
@@ -57,7 +57,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from resnet_jax import configs  # noqa: E402
-from resnet_jax.data import arrays, sources, tf_pipelines  # noqa: E402
+from resnet_jax.inputs import arrays, sources, tf_pipelines  # noqa: E402
 
 PAPER_IMAGE_SIZE = 224
 # (width, height): weight. The common ImageNet shapes, landscape 4:3 the most frequent.

@@ -4,7 +4,7 @@ Alternates, `--repeats` times, two processes on the same config and batch:
 - the loop: `python -m resnet_jax.main` on synthetic data held on the device, images/s
   from its metrics.jsonl (every window of `--log-every` steps after the first, which
   holds the warm-up);
-- the bare step: `python -m resnet_jax.benchmark`, windows of `--log-every` steps.
+- the bare step: `python -m resnet_jax.training.benchmark`, windows of `--log-every` steps.
 and prints the median images/s of each and their ratio (loop / bare step). With
 `--cpu-devices 1,2` it does so for each number of JAX CPU devices, alternating, and also
 prints the loop's speed-up from splitting the CPU.
@@ -64,7 +64,7 @@ def bare_step_images_per_sec(config: str, batch_size: int, log_every: int, windo
                              out: pathlib.Path, cpu_devices: int) -> float:
     """Median images/s of the benchmark's windows of `log_every` steps."""
     _run(
-        [sys.executable, '-m', 'resnet_jax.benchmark', '--config', config, '--batch-size',
+        [sys.executable, '-m', 'resnet_jax.training.benchmark', '--config', config, '--batch-size',
          str(batch_size), '--steps', str(log_every), '--repeats', str(windows), '--json',
          str(out)], cpu_devices)
     return json.loads(out.read_text())['train_images_per_s']

@@ -3,7 +3,7 @@
     python benchmarks/same_compiled_step.py ../before      # a checkout of the revision before
     python benchmarks/same_compiled_step.py ../before --case experiments/r50.py@32
 
-Builds the train step of each case (`resnet_jax.benchmark.build_steps`, as
+Builds the train step of each case (`resnet_jax.training.benchmark.build_steps`, as
 benchmarks/cpu_vs_torch.py times it) once with this checkout's `resnet_jax` and once with
 the one at the given path, has XLA write the optimised HLO of each, and compares them with
 the source locations left out (file and function tables, `metadata={...}`). Prints, per
@@ -28,7 +28,8 @@ _BUILD = '''
 import sys
 import resnet_jax
 assert resnet_jax.__file__.startswith(sys.argv[2]), resnet_jax.__file__
-from resnet_jax import backend, benchmark
+from resnet_jax import backend
+from resnet_jax.training import benchmark
 backend.configure_process()
 spec, batch = sys.argv[1].rsplit('@', 1)
 benchmark.build_steps(benchmark.load_config(spec, int(batch), 'float32'))

@@ -19,9 +19,9 @@ side by side on the same data, budget and seeds (docs/reproduce.md, "Against PyT
 - optimiser: torch SGD, which adds weight_decay * param to the gradient before the
   momentum, as our optax.add_decayed_weights then sgd; on all parameters or the kernels
   only (`optim.weight_decay_params`); the learning rate of every step from
-  `resnet_jax.optim.learning_rate_schedule` (warm-up included);
-- output: metrics.jsonl (resnet_jax.metrics.MetricWriter, with TensorBoard events),
-  config.json and final_eval.json in our runs' format, so `python -m resnet_jax.plot`
+  `resnet_jax.training.optim.learning_rate_schedule` (warm-up included);
+- output: metrics.jsonl (resnet_jax.runs.metrics.MetricWriter, with TensorBoard events),
+  config.json and final_eval.json in our runs' format, so `python -m resnet_jax.paper.plot`
   reads a torch run next to ours. final_eval.json adds `implementation` and
   `torch_version`, and is written whole or not at all.
 
@@ -53,10 +53,15 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_reference  # noqa: E402  (beside this file)
 
-from resnet_jax import configs, metrics, models, optim, preemption, train  # noqa: E402
-from resnet_jax.data import arrays  # noqa: E402
-from resnet_jax.inputs import base, in_memory  # noqa: E402
-from resnet_jax.workdir import WorkdirError, prepare_workdir, save_config  # noqa: E402
+from resnet_jax import configs, models
+from resnet_jax.inputs import (  # noqa: E402
+    arrays,  # noqa: E402
+    base,
+    in_memory,
+)
+from resnet_jax.runs import metrics, preemption
+from resnet_jax.runs.workdir import WorkdirError, prepare_workdir, save_config  # noqa: E402
+from resnet_jax.training import optim, train  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -147,7 +152,8 @@ def write_json_atomically(path, record: dict) -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Trains as `resnet_jax.train.train_and_evaluate` would, in PyTorch; the final eval."""
+    """Trains as `resnet_jax.training.train.train_and_evaluate` would, in PyTorch; the final
+    eval."""
     check_config(config)
     torch.set_num_threads(os.cpu_count())
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')

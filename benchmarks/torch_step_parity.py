@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_cifar10  # noqa: E402  (beside this file: the reference's optimiser)
 import torch_reference  # noqa: E402
 
-from resnet_jax import backend, configs, optim, train  # noqa: E402
+from resnet_jax import backend, configs, parallel
+from resnet_jax.training import optim, train  # noqa: E402
 
 
 def corresponding_tensors(model: torch_reference.ResNet, params):
@@ -106,7 +107,9 @@ def main() -> None:
     labels = rng.integers(0, 10, (args.steps, batch))
     pixel_mean = images.reshape(-1, side, side, 3).mean(0, dtype=np.float64).astype(np.float32)
 
-    model = train.build_model(config, 10)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    platform = parallel.platform(mesh)
+    model = train.build_model(config, 10, mesh)
     variables = model.init(jax.random.key(args.seed), jnp.zeros((1, side, side, 3)), train=False)
     steps_per_epoch = 50_000 // batch
     schedule = optim.learning_rate_schedule(
@@ -114,11 +117,12 @@ def main() -> None:
     tx = optim.make_optimizer(config, schedule)
     # Two of ours: the platform's layers (CPU kernels where they run) and XLA's. They are
     # the same maths rounded differently: how fast they drift apart is the yardstick.
-    ours = {'ours': OurTrainer(model, tx, variables)}
-    if jax.default_backend() == 'cpu' and config.cpu_kernels != 'xla':
+    ours = {'ours': OurTrainer(model, tx, variables, platform)}
+    if platform == 'cpu' and config.cpu_kernels != 'xla':
         with config.unlocked():
             config.cpu_kernels = 'xla'
-        ours['ours XLA'] = OurTrainer(train.build_model(config, 10), tx, variables)
+        ours['ours XLA'] = OurTrainer(train.build_model(config, 10, mesh), tx, variables,
+                                     platform)
 
     torch.manual_seed(args.seed)
     torch_model = torch_reference.ResNet(
@@ -168,14 +172,14 @@ def main() -> None:
 class OurTrainer:
     """Our train step's maths on one device, from `variables`."""
 
-    def __init__(self, model, tx, variables):
+    def __init__(self, model, tx, variables, platform: str):
         self.params, self.batch_stats = variables['params'], variables['batch_stats']
         self.opt_state = tx.init(self.params)
 
         @jax.jit
         def step(params, batch_stats, opt_state, x, y):
             def loss_fn(params):
-                with backend.training_context(jax.default_backend()):
+                with backend.training_context(platform):
                     logits, updates = model.apply(
                         {'params': params, 'batch_stats': batch_stats}, x, train=True,
                         mutable=['batch_stats'])

@@ -5,7 +5,7 @@
 
 For each model that the first command wrote (resnet18 ... resnet152: seeded random
 weights, BatchNorm statistics from random batches, 2 images of 224x224, torchvision's
-float32 logits in inference mode), this runs `python -m resnet_jax.convert` on the file
+float32 logits in inference mode), this runs `python -m resnet_jax.pretrained.convert` on the file
 (timed as a whole command), loads the directory with `pretrained.load`, and compares the
 model's logits with torchvision's: the largest absolute difference, and that divided by
 the largest absolute logit. Prints a table and writes parity.json into --out.
@@ -32,7 +32,7 @@ def check(directory: str, entry: dict, file_format: str, work: str) -> dict:
     out = os.path.join(work, f'{name}_{file_format}')
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, '-m', 'resnet_jax.convert', '--torchvision',
+        [sys.executable, '-m', 'resnet_jax.pretrained.convert', '--torchvision',
          os.path.join(directory, f'{name}.{file_format}'), '--model', name, '--out', out],
         capture_output=True, text=True)
     convert_seconds = time.perf_counter() - start

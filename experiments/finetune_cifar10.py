@@ -2,7 +2,7 @@
 
 Run (convert the weights once; the argument picks the network and the size):
 
-    python -m resnet_jax.convert --torchvision resnet50-0676ba61.pth --model resnet50 \
+    python -m resnet_jax.pretrained.convert --torchvision resnet50-0676ba61.pth --model resnet50 \
         --out converted/resnet50
     python -m resnet_jax.main --config experiments/finetune_cifar10.py:resnet50 \
         --workdir workdirs/finetune_r50 --config.init_from=converted/resnet50 \

@@ -8,7 +8,7 @@ Arguments: resnet20 ... resnet110 (experiments/cifar10.py's depths), each option
 followed by `,short` (2,500 steps). `config.model.block` names `SEBasicBlock` in this file;
 a run copies the file into its workdir (WORKDIR/blocks/), from which every tool that reads
 the workdir rebuilds the model (predict, export, features, init_from, layer responses);
-`python -m resnet_jax.summary --config experiments/se_resnet.py:resnet20` prints it.
+`python -m resnet_jax.models.summary --config experiments/se_resnet.py:resnet20` prints it.
 
 A block is a `models.Block` (the contract: resnet_jax/models/blocks.py): the network gives
 it its width, stride, shortcut kind, the injected layers and the compute dtype; this one

@@ -13,9 +13,10 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import models, optim, pyfiles
-from resnet_jax.cpu import kernel_layers
-from resnet_jax.data import arrays, device_augment, streaming_choices
+from resnet_jax import models, pyfiles
+from resnet_jax.backend.cpu import kernel_layers
+from resnet_jax.inputs import arrays, device_preprocessing, streaming_choices
+from resnet_jax.training import optim
 
 # Each list of valid values lives with what implements it; validate_config checks against
 # those. The two below name what this module itself resolves.
@@ -61,13 +62,13 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The compute dtype; parameters and BN statistics stay float32. A CPU computes bfloat16
     # only where it pays (resnet_jax.backend.compute_dtype).
     config.dtype = 'float32'
-    config.cpu_kernels = 'auto'  # see resnet_jax.cpu.kernel_layers.CHOICES.
+    config.cpu_kernels = 'auto'  # see resnet_jax.backend.cpu.kernel_layers.CHOICES.
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
     config.sync_batch_norm = False
 
-    # Fine-tuning (resnet_jax/init_from.py). init_from: a model directory (resnet_jax.convert)
-    # or another run's workdir whose newest checkpoint starts this run ('' : the
-    # initialisers); a head of another number of classes is initialised afresh.
+    # Fine-tuning (resnet_jax/pretrained/init_from.py). init_from: a model directory
+    # (resnet_jax.pretrained.convert) or another run's workdir whose newest checkpoint starts
+    # this run ('' : the initialisers); a head of another number of classes is initialised afresh.
     # frozen_stages: parts left untrained: any of 'stem', 'stage1', 'stage2', ..., 'head'.
     # frozen_batch_norm: BatchNorms normalise with their running statistics and keep them.
     config.init_from = ''
@@ -203,9 +204,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               + (' (or set --config.pipeline=auto)'
                  if streaming_choices.is_streaming_only(config.dataset)
                  else ''))
-        check(config.augment in device_augment.AUGMENTATIONS,
+        check(config.augment in device_preprocessing.AUGMENTATIONS,
               f'augment={config.augment!r} with pipeline=memory: choose one of '
-              f'{device_augment.AUGMENTATIONS}')
+              f'{device_preprocessing.AUGMENTATIONS}')
     else:
         _validate_streaming(config, check)
     try:

@@ -8,7 +8,7 @@ Running the same command again on the same workdir resumes from its last checkpo
 Several processes (one job over several hosts, or several processes on one machine) start
 JAX's distributed runtime first: detected under SLURM `srun`, Open MPI and on Cloud TPU
 VMs, or given explicitly with `--num_processes`, `--process_id` and
-`--coordinator_address` (see resnet_jax/distributed.py).
+`--coordinator_address` (see resnet_jax/parallel/distributed.py).
 """
 
 import logging as std_logging
@@ -19,17 +19,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import (
-    backend,
-    checkpoint,
-    configs,
-    distributed,
-    init_from,
-    packages,
-    preemption,
-    train,
-)
-from resnet_jax.data import arrays
+from resnet_jax import backend, configs, packages
+from resnet_jax.inputs import arrays
+from resnet_jax.parallel import distributed
+from resnet_jax.pretrained import init_from
+from resnet_jax.runs import checkpoint, preemption
+from resnet_jax.training import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -49,7 +44,7 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     'keep_freed_memory', True,
     'On a CPU-only run, keep the memory XLA frees after each step for the next one instead '
-    'of returning it to the system (glibc malloc settings; resnet_jax/cpu/host_memory.py): '
+    'of returning it to the system (glibc malloc settings; resnet_jax/backend/cpu/host_memory.py): '
     'faster steps (docs/cpu.md), and the process then holds its peak memory.')
 flags.DEFINE_string(
     'compilation_cache_dir',

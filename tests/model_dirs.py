@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import configs, models, pretrained, torchvision_weights
+from resnet_jax import configs, models, pretrained
+from resnet_jax.pretrained import torchvision_weights
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = REPO / 'tests' / 'fixtures' / 'torchvision_tiny'

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 from PIL import Image
 
 from resnet_jax import configs
-from resnet_jax.data import tf_pipelines
+from resnet_jax.inputs import tf_pipelines
 
 CLASSES = ('ant', 'bee', 'cat')
 

@@ -1,5 +1,5 @@
-"""The BatchNorm kernels (resnet_jax.cpu.kernels.batchnorm) and the BatchNorm module that uses
-them compute what flax's BatchNorm followed by the residual addition and ReLU computes:
+"""The BatchNorm kernels (resnet_jax.backend.cpu.kernels.batchnorm) and the BatchNorm module
+that uses them compute what flax's BatchNorm followed by the residual addition and ReLU computes:
 outputs, statistics, running averages and every gradient."""
 
 import flax.linen as nn
@@ -10,9 +10,9 @@ import pytest
 from jax import lax
 from rounding import assert_bfloat16_rounding_of, assert_equal_up_to_rounding
 
-from resnet_jax.cpu import kernel_layers
-from resnet_jax.cpu.kernels import batchnorm, native
-from resnet_jax.layers import XLA_LAYERS, FusingBatchNorm
+from resnet_jax.backend.cpu import kernel_layers
+from resnet_jax.backend.cpu.kernels import batchnorm, native
+from resnet_jax.models.layers import XLA_LAYERS, FusingBatchNorm
 
 EPS = 1e-5
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from resnet_jax import benchmark
+from resnet_jax.training import benchmark
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,10 @@ import pytest
 from jax import lax
 from rounding import assert_bfloat16_rounding_of
 
-from resnet_jax import backend, benchmark
-from resnet_jax.cpu import kernel_layers
-from resnet_jax.cpu.kernels import conv, native
+from resnet_jax import backend
+from resnet_jax.backend.cpu import kernel_layers
+from resnet_jax.backend.cpu.kernels import conv, native
+from resnet_jax.training import benchmark
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 

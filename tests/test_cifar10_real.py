@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from resnet_jax import configs, train
-from resnet_jax.data import arrays
+from resnet_jax import configs
+from resnet_jax.inputs import arrays
+from resnet_jax.training import train
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / 'experiments' / 'cifar10.py'
 

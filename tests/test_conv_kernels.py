@@ -1,4 +1,4 @@
-"""The direct CPU convolution kernels (resnet_jax.cpu.kernels) compute what lax computes:
+"""The direct CPU convolution kernels (resnet_jax.backend.cpu.kernels) compute what lax computes:
 forward, input gradient and weight gradient, alone, in a model and in the data-parallel
 train step; everything they do not cover goes to lax; the build is cached and its failure
 falls back to XLA."""
@@ -14,8 +14,10 @@ import pytest
 from jax import lax
 from rounding import assert_equal_up_to_rounding, train_step_terms
 
-from resnet_jax import backend, benchmark, configs, layers
-from resnet_jax.cpu.kernels import batchnorm, conv, native, pooling
+from resnet_jax import backend, configs
+from resnet_jax.backend.cpu.kernels import batchnorm, conv, native, pooling
+from resnet_jax.models import layers
+from resnet_jax.training import benchmark
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -190,7 +192,7 @@ def test_processes_starting_together_build_the_kernels_once(tmp_path):
     compiler.chmod(0o755)
     env = {**os.environ, 'CXX': str(compiler),
            'RESNET_JAX_KERNEL_CACHE': str(tmp_path / 'cache')}
-    code = 'from resnet_jax.cpu.kernels import native; native.build()'
+    code = 'from resnet_jax.backend.cpu.kernels import native; native.build()'
     started = [subprocess.Popen([sys.executable, '-c', code], env=env, stderr=subprocess.PIPE,
                                 text=True) for _ in range(3)]
     for process in started:
@@ -205,7 +207,7 @@ def test_build_is_cached_and_a_broken_library_is_rebuilt(tmp_path, monkeypatch):
     compiler.chmod(0o755)
     monkeypatch.setenv('CXX', str(compiler))
     monkeypatch.setenv('RESNET_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
-    code = ('from resnet_jax.cpu.kernels import native; print(native.load()); '
+    code = ('from resnet_jax.backend.cpu.kernels import native; print(native.load()); '
             'print(native.library_path())')
     first = _run(code)
     assert first.returncode == 0, first.stderr
@@ -240,7 +242,7 @@ def test_a_failing_compile_names_the_command_and_leaves_nothing_behind(tmp_path,
 
 
 def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
-    code = ('from resnet_jax import backend, layers; '
+    code = ('from resnet_jax import backend; from resnet_jax.models import layers; '
             "assert backend.layers('kernels', 'cpu') == layers.XLA_LAYERS")
     result = _run(code, RESNET_JAX_KERNEL_CACHE=str(tmp_path), CXX='/nonexistent/c++')
     assert result.returncode == 0, result.stderr
@@ -251,7 +253,7 @@ def test_without_a_compiler_auto_falls_back_to_xla_with_a_warning(tmp_path):
 def test_an_unwritable_cache_falls_back_to_xla_with_a_warning(tmp_path):
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
-    code = ('from resnet_jax import backend, layers; '
+    code = ('from resnet_jax import backend; from resnet_jax.models import layers; '
             "assert backend.layers('kernels', 'cpu') == layers.XLA_LAYERS")
     result = _run(code, RESNET_JAX_KERNEL_CACHE=str(blocker / 'cache'))
     assert result.returncode == 0, result.stderr
@@ -276,7 +278,8 @@ def test_library_depends_on_source_and_compiler(monkeypatch, tmp_path):
 
 TINY_RESNET50_STEPS = '''
 import jax
-from resnet_jax import benchmark, configs
+from resnet_jax import configs
+from resnet_jax.training import benchmark
 
 config = configs.get_base_config()
 config.update(dict(dataset='synthetic', image_size=64, num_classes=10, batch_size=8,
@@ -303,7 +306,7 @@ def test_concurrent_kernel_calls_do_not_wait_for_each_other():
 REPEATED_WEIGHT_GRADS = '''
 import sys, pathlib
 import jax
-from resnet_jax.cpu.kernels import conv, native
+from resnet_jax.backend.cpu.kernels import conv, native
 
 if len(sys.argv) > 1:
     native.SOURCES = (pathlib.Path(sys.argv[1]), *native.SOURCES[1:])

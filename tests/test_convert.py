@@ -17,7 +17,8 @@ from model_dirs import (
     torchvision_state_dict,
 )
 
-from resnet_jax import eval_preprocessing, models, pretrained, torch_files, torchvision_weights
+from resnet_jax import models, pretrained
+from resnet_jax.pretrained import eval_preprocessing, torch_files, torchvision_weights
 
 NARROW = {  # the committed fixture's nets: torchvision's modules, widths / 8
     'narrow_resnet18': ('basic', (2, 2, 2, 2), 'pth'),
@@ -117,7 +118,7 @@ def test_convert_writes_a_model_directory_that_loads(tmp_path):
     state_dict = torchvision_state_dict('resnet18', num_classes=7)
     file = tmp_path / 'r18.safetensors'
     torch_files.write_safetensors(str(file), state_dict)
-    result = run_module('resnet_jax.convert', '--torchvision', str(file), '--model',
+    result = run_module('resnet_jax.pretrained.convert', '--torchvision', str(file), '--model',
                         'resnet18', '--out', str(tmp_path / 'out'))
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Converted' in result.stderr
@@ -131,7 +132,7 @@ def test_convert_writes_a_model_directory_that_loads(tmp_path):
     source = json.loads((tmp_path / 'out' / 'converted_from.json').read_text())
     assert source['num_classes'] == 7 and len(source['sha256']) == 64
     # A second conversion into the same directory would mix checkpoints: refused.
-    again = run_module('resnet_jax.convert', '--torchvision', str(file), '--model',
+    again = run_module('resnet_jax.pretrained.convert', '--torchvision', str(file), '--model',
                        'resnet18', '--out', str(tmp_path / 'out'))
     assert_one_line_error(again, 'already holds checkpoints')
 
@@ -142,7 +143,7 @@ def test_convert_writes_a_model_directory_that_loads(tmp_path):
 ])
 def test_convert_errors_are_one_line(tmp_path, args, expected):
     file = str(FIXTURES / 'narrow_resnet18.pth')
-    result = run_module('resnet_jax.convert', '--torchvision', file, *args, '--out',
+    result = run_module('resnet_jax.pretrained.convert', '--torchvision', file, *args, '--out',
                         str(tmp_path / 'out'))
     assert_one_line_error(result, expected)
     assert not (tmp_path / 'out').exists()
@@ -150,6 +151,6 @@ def test_convert_errors_are_one_line(tmp_path, args, expected):
 
 def test_convert_names_a_file_that_is_no_state_dict(tmp_path):
     (tmp_path / 'x.pth').write_bytes(b'not a zip')
-    result = run_module('resnet_jax.convert', '--torchvision', str(tmp_path / 'x.pth'),
+    result = run_module('resnet_jax.pretrained.convert', '--torchvision', str(tmp_path / 'x.pth'),
                         '--model', 'resnet18', '--out', str(tmp_path / 'out'))
     assert_one_line_error(result, f'{tmp_path / "x.pth"} is neither a .safetensors file')

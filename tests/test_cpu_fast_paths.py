@@ -1,5 +1,6 @@
 """The CPU speed-ups change no result: 1x1 convolutions as matrix products, and the
-optimization barriers around convolutions in the CPU train step (resnet_jax.cpu.compiler)."""
+optimization barriers around convolutions in the CPU train step
+(resnet_jax.backend.cpu.compiler)."""
 
 import re
 
@@ -15,8 +16,10 @@ from rounding import (
     train_step_terms,
 )
 
-from resnet_jax import benchmark, layers, models, parallel
-from resnet_jax.cpu import compiler
+from resnet_jax import models, parallel
+from resnet_jax.backend.cpu import compiler
+from resnet_jax.models import layers
+from resnet_jax.training import benchmark
 
 PROJECTIONS = {'model.shortcut': 'B'}  # strided 1x1 projections: 1x1 layers.Conv in the step
 
@@ -85,7 +88,7 @@ def _ynn_fused_opcodes(hlo_text: str) -> set[str]:
 @pytest.mark.slow
 def test_cpu_train_step_keeps_convolutions_out_of_ynnpack(tiny_config, monkeypatch):
     config = tiny_config(**PROJECTIONS)
-    config.cpu_kernels = 'xla'  # (the default computes these in resnet_jax.cpu.kernels)
+    config.cpu_kernels = 'xla'  # (the default computes these in resnet_jax.backend.cpu.kernels)
 
     hlo = benchmark.build_steps(config).train_compiled.as_text()
     assert 'convolution' in hlo  # the 3x3 convolutions, 32 and 64 channels too ...

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from model_dirs import REPO, run_module
 
-from resnet_jax import configs, models, pretrained, reproduce
+from resnet_jax import configs, models, pretrained
+from resnet_jax.paper import reproduce
 
 SE = str(REPO / 'experiments' / 'se_resnet.py')
 TINY = ['--config.dataset=synthetic', '--config.num_classes=4', '--config.image_size=8',
@@ -59,7 +60,7 @@ def test_a_study_runs_the_models_of_another_experiment_file(tmp_path):
 
 @pytest.mark.slow
 def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path):
-    study = run_module('resnet_jax.reproduce', 'cifar10', '--experiment', SE, '--models',
+    study = run_module('resnet_jax.paper.reproduce', 'cifar10', '--experiment', SE, '--models',
                        'resnet20', '--workdir', str(tmp_path / 'study'), *TINY[:-1])
     assert study.returncode == 0, study.stderr[-3000:]
     assert 'resnet20' in (tmp_path / 'study' / 'results.md').read_text()
@@ -83,7 +84,7 @@ def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path
     np.testing.assert_array_equal(model.apply(variables, images, train=False),
                                   original.apply(variables, images, train=False))
 
-    responses = run_module('resnet_jax.layer_responses', str(moved), '-o',
+    responses = run_module('resnet_jax.paper.layer_responses', str(moved), '-o',
                            str(tmp_path / 'responses.png'), '--json', str(tmp_path / 'r.json'))
     assert responses.returncode == 0, responses.stderr[-3000:]
     layers = json.loads((tmp_path / 'r.json').read_text())['runs'][0]['layers']

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from resnet_jax import packages
-from resnet_jax.data import arrays
+from resnet_jax.inputs import arrays
 
 NUM_CIFAR_TRAIN, NUM_CIFAR_TEST = 50_000, 10_000
 
@@ -203,7 +203,7 @@ def test_tfds_cifar10_without_tfds_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_module_does_not_import_tensorflow():
-    code = ('import sys, resnet_jax.data.arrays; '
+    code = ('import sys, resnet_jax.inputs.arrays; '
             'print(sorted(m for m in sys.modules if m.split(".")[0] in '
             '("tensorflow", "tensorflow_datasets")))')
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

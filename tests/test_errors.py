@@ -1,6 +1,6 @@
 """Errors a user can cause: one clear line, a non-zero exit, never a traceback.
 
-Each entry point (`resnet_jax.main`, `resnet_jax.summary`, `resnet_jax.benchmark`,
+Each entry point (`resnet_jax.main`, `resnet_jax.models.summary`, `resnet_jax.training.benchmark`,
 `launch.sh`) runs in a subprocess, with a missing package, a bad path, a bad flag or an
 image that cannot be decoded. Image folders are generated in temporary directories.
 """

@@ -1,5 +1,5 @@
-"""`python -m resnet_jax.export`: the StableHLO file, reloaded with jax.export alone, gives
-the live model's logits at several batch sizes (the batch dimension is symbolic)."""
+"""`python -m resnet_jax.pretrained.export`: the StableHLO file, reloaded with jax.export alone,
+gives the live model's logits at several batch sizes (the batch dimension is symbolic)."""
 
 import jax
 import numpy as np
@@ -12,7 +12,7 @@ from rounding import assert_equal_up_to_rounding
 def test_exported_file_reloads_and_matches_the_live_model(tmp_path):
     model, variables = cifar_model_dir(tmp_path / 'model')
     out = tmp_path / 'model.jax_export'
-    result = run_module('resnet_jax.export', '--checkpoint', str(tmp_path / 'model'),
+    result = run_module('resnet_jax.pretrained.export', '--checkpoint', str(tmp_path / 'model'),
                         '--out', str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'input float32[batch,32,32,3]' in result.stderr
@@ -29,6 +29,6 @@ def test_exported_file_reloads_and_matches_the_live_model(tmp_path):
 
 
 def test_export_of_a_missing_directory_is_one_line(tmp_path):
-    result = run_module('resnet_jax.export', '--checkpoint', str(tmp_path / 'nope'), '--out',
-                        str(tmp_path / 'x'))
+    result = run_module('resnet_jax.pretrained.export', '--checkpoint', str(tmp_path / 'nope'),
+                        '--out', str(tmp_path / 'x'))
     assert_one_line_error(result, 'is not a model directory or workdir (no such directory)')

@@ -20,7 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from resnet_jax import checkpoint, preemption, train, workdir
+from resnet_jax.runs import checkpoint, preemption, workdir
+from resnet_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOTAL = 12

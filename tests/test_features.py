@@ -1,4 +1,5 @@
-"""resnet_jax.features: the stage outputs and pre-logits are the model's own forward pass."""
+"""resnet_jax.pretrained.features: the stage outputs and pre-logits are the model's own
+forward pass."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,8 @@ import numpy as np
 from model_dirs import random_variables
 from rounding import assert_equal_up_to_rounding
 
-from resnet_jax import features, models
+from resnet_jax import models
+from resnet_jax.pretrained import features
 
 
 def test_imagenet_net_gives_c2_to_c5_at_strides_4_to_32_and_the_pooled_features():

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from rounding import assert_equal_up_to_rounding
 
-from resnet_jax import configs, train
-from resnet_jax.layers import FusingBatchNorm
+from resnet_jax import configs
 from resnet_jax.models import create_model
+from resnet_jax.models.layers import FusingBatchNorm
+from resnet_jax.training import train
 
 
 def _train_bn(module, x, residual=None):

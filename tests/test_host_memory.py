@@ -1,5 +1,5 @@
-"""The malloc settings for CPU training (resnet_jax.cpu.host_memory): applied only to CPU-only
-runs, and they stop XLA's per-step buffers from being faulted in afresh at every step."""
+"""The malloc settings for CPU training (resnet_jax.backend.cpu.host_memory): applied only to
+CPU-only runs, and they stop XLA's per-step buffers from being faulted in afresh at every step."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 FAULTS_PER_CALL = '''
 import resource, sys
-from resnet_jax.cpu import host_memory
+from resnet_jax.backend.cpu import host_memory
 if sys.argv[1] == 'keep':
     assert host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
@@ -43,10 +43,10 @@ def test_kept_memory_is_not_faulted_in_again_at_every_step():
 
 
 def test_applied_only_when_jax_runs_on_the_cpu_alone():
-    code = 'from resnet_jax.cpu import host_memory; print(host_memory.cpu_only_run())'
+    code = 'from resnet_jax.backend.cpu import host_memory; print(host_memory.cpu_only_run())'
     assert _python(code, JAX_PLATFORMS='cpu') == 'True'
     assert _python(code, JAX_PLATFORMS='cuda,cpu') == 'False'
     assert _python(code, JAX_PLATFORMS='tpu') == 'False'
-    disabled = ('from resnet_jax.cpu import host_memory; '
+    disabled = ('from resnet_jax.backend.cpu import host_memory; '
                 'print(host_memory.configure_for_cpu_training(enabled=False))')
     assert _python(disabled, JAX_PLATFORMS='cpu') == 'False'

@@ -9,7 +9,9 @@ import optax
 import pytest
 from model_dirs import assert_one_line_error, cifar_model_dir, random_variables, run_module
 
-from resnet_jax import configs, init_from, models, optim, pretrained
+from resnet_jax import configs, models, pretrained
+from resnet_jax.pretrained import init_from
+from resnet_jax.training import optim
 
 
 def variables_of(name: str, num_classes: int, seed: int) -> dict:

@@ -12,8 +12,9 @@ import optax
 import pytest
 from rounding import assert_equal_up_to_rounding, train_step_terms
 
-from resnet_jax import benchmark, configs, optim, parallel, pyfiles, steps, train, train_state
-from resnet_jax.inputs.preprocess import InMemoryPreprocessing
+from resnet_jax import configs, parallel, pyfiles
+from resnet_jax.inputs.device_preprocessing import InMemoryPreprocessing
+from resnet_jax.training import benchmark, optim, steps, train, train_state
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / 'experiments'
 
@@ -155,7 +156,7 @@ def _state_and_step(config, devices):
            devices)
     if key not in _STEPS:
         mesh = parallel.make_mesh(jax.devices()[:devices])
-        model = train.build_model(config, config.num_classes, bn_axis_name=(
+        model = train.build_model(config, config.num_classes, mesh, bn_axis_name=(
             parallel.DATA_AXIS if config.sync_batch_norm else None))
         schedule = optim.learning_rate_schedule(config, 8, config.total_steps)
         tx = optim.make_optimizer(config, schedule)

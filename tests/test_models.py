@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from rounding import assert_equal_up_to_rounding
 
-from resnet_jax import layers, models
-from resnet_jax.models import MODEL_NAMES, ResNet, create_model
+from resnet_jax import models
+from resnet_jax.models import MODEL_NAMES, ResNet, create_model, layers
 
 
 def _count(tree) -> int:

@@ -24,7 +24,8 @@ import orbax.checkpoint as ocp
 import pytest
 from rounding import assert_equal_up_to_rounding, assert_moved_beyond, train_step_terms
 
-from resnet_jax import distributed, preemption
+from resnet_jax.parallel import distributed
+from resnet_jax.runs import preemption
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TIMEOUT = 240

@@ -22,7 +22,8 @@ from resnet_jax import parallel
 # fix this aborted in 2 runs of 2 (ResNet-8, 32x32 images, batches of 250).
 SLOW_KERNELS_RUN = '''
 import sys
-from resnet_jax import configs, train
+from resnet_jax import configs
+from resnet_jax.training import train
 
 config = configs.get_base_config()
 config.model.name = 'cifar_resnet8'

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import pytest
 from rounding import assert_equal_up_to_rounding
 
-from resnet_jax import configs, optim
+from resnet_jax import configs
+from resnet_jax.training import optim
 
 
 def _config(**schedule):

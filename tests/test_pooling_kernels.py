@@ -1,4 +1,4 @@
-"""The max-pooling kernels (resnet_jax.cpu.kernels.pooling) compute what flax's max_pool and
+"""The max-pooling kernels (resnet_jax.backend.cpu.kernels.pooling) compute what flax's max_pool and
 XLA's gradient of it compute, ties and NaNs included; other poolings go to flax."""
 
 import flax.linen as nn
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from rounding import assert_bfloat16_rounding_of
 
-from resnet_jax.cpu.kernels import pooling
+from resnet_jax.backend.cpu.kernels import pooling
 
 STEM_POOL = dict(window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 

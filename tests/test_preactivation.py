@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax import layer_responses, models
-from resnet_jax.layers import XLA_LAYERS
+from resnet_jax import models
 from resnet_jax.models import architecture, create_model
+from resnet_jax.models.layers import XLA_LAYERS
+from resnet_jax.paper import layer_responses
 
 
 def _shapes(name: str, block: str = '', size: int = 32, **fields):

@@ -1,5 +1,6 @@
-"""`python -m resnet_jax.predict`: top-5 with probabilities and class names, the model's own
-evaluation preprocessing, and an unreadable image named while the others are predicted."""
+"""`python -m resnet_jax.pretrained.predict`: top-5 with probabilities and class names, the
+model's own evaluation preprocessing, and an unreadable image named while the others are
+predicted."""
 
 import re
 
@@ -8,7 +9,8 @@ import pytest
 from model_dirs import assert_one_line_error, cifar_model_dir, imagenet_model_dir, run_module
 from PIL import Image
 
-from resnet_jax import class_names, eval_preprocessing, pretrained
+from resnet_jax import pretrained
+from resnet_jax.pretrained import class_names, eval_preprocessing
 
 
 def predictions(stdout: str) -> dict[str, list[tuple[float, str]]]:
@@ -34,7 +36,7 @@ def test_imagenet_model_predicts_with_names_and_names_a_broken_image(tmp_path):
         Image.fromarray(rng.integers(0, 256, (*size, 3), np.uint8)).save(paths[-1])
     broken = tmp_path / 'broken.jpg'
     broken.write_bytes(b'\xff\xd8\xff\xe0 this is no JPEG')
-    result = run_module('resnet_jax.predict', '--checkpoint', str(tmp_path / 'model'),
+    result = run_module('resnet_jax.pretrained.predict', '--checkpoint', str(tmp_path / 'model'),
                         '--batch_size=2', str(paths[0]), str(broken), *map(str, paths[1:]))
     assert result.returncode == 1, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
@@ -67,7 +69,7 @@ def test_in_memory_folder_model_uses_folder_names_and_pixel_mean(tmp_path):
     preprocess = eval_preprocessing.from_config(loaded.config)
     assert preprocess.resize is None and preprocess.mean.shape == (32, 32, 3)
     image = str(tmp_path / 'data' / 'test' / 'dog' / '0.png')
-    result = run_module('resnet_jax.predict', '--workdir', str(tmp_path / 'run'), image)
+    result = run_module('resnet_jax.pretrained.predict', '--workdir', str(tmp_path / 'run'), image)
     assert result.returncode == 0, result.stderr[-3000:]
     top = predictions(result.stdout)[image]
     assert len(top) == 3  # top-5 of 3 classes
@@ -85,6 +87,6 @@ def test_center_crop_takes_the_streaming_evaluations_window():
 
 
 def test_predict_without_a_model_is_one_line(tmp_path):
-    result = run_module('resnet_jax.predict', '--checkpoint', str(tmp_path), 'x.png')
+    result = run_module('resnet_jax.pretrained.predict', '--checkpoint', str(tmp_path), 'x.png')
     assert_one_line_error(result, f'{tmp_path} is not a model directory or workdir '
                                   '(no config.json)')

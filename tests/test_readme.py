@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from resnet_jax.data import arrays
+from resnet_jax.inputs import arrays
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Shorter, and nothing else: 6 steps, a checkpoint every 3, a log line every 3.

@@ -1,4 +1,4 @@
-"""The paper's studies by one command: resnet_jax.reproduce, plot and layer_responses.
+"""The paper's studies by one command: resnet_jax.paper.reproduce, plot and layer_responses.
 
 One tiny study (ResNet-20 and plain-20, 1 seed, 12 steps on 8x8 synthetic images) is run
 for real in subprocesses, stopped by SIGTERM in its first run, resumed with both runs at
@@ -21,8 +21,9 @@ import pytest
 from model_dirs import assert_one_line_error
 from rounding import assert_equal_up_to_rounding
 
-from resnet_jax import layer_responses, models, plot, studies, study_results
-from resnet_jax import reproduce as reproduce_module
+from resnet_jax import models
+from resnet_jax.paper import layer_responses, plot, results_table, studies
+from resnet_jax.paper import reproduce as reproduce_module
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOTAL = 12
@@ -34,7 +35,7 @@ TINY = ['--config.dataset=synthetic', '--config.num_classes=10', '--config.image
 
 
 def reproduce(*args):
-    return [sys.executable, '-m', 'resnet_jax.reproduce', *args]
+    return [sys.executable, '-m', 'resnet_jax.paper.reproduce', *args]
 
 
 def study_command(directory, *extra):
@@ -89,7 +90,7 @@ def test_sigterm_stops_the_study_and_the_same_command_resumes_it(study):
     assert '[resnet20_short_seed0] ' in resumed.stderr  # both at once: lines say whose
     assert 'Resumed from the checkpoint of step' in resumed.stderr
     assert 'all 2 runs finished' in resumed.stderr
-    steps = [r['step'] for r in study_results.read_metrics(first) if 'train/loss' in r]
+    steps = [r['step'] for r in results_table.read_metrics(first) if 'train/loss' in r]
     assert steps == list(range(1, TOTAL + 1))  # each step once, across the stop
     second = json.loads((study['dir'] / 'plain20_short_seed0' / 'reproduce.json').read_text())
     assert [a['runs_at_once'] for a in (*attempts, *second['attempts'])] == [1, 2, 2]
@@ -130,20 +131,20 @@ def test_schedule_labels():
     def config(arg, **changes):
         return json.loads(experiment.get_config(arg).to_json_best_effort()) | changes
 
-    assert study_results.schedule_label(config('resnet110'), 'resnet110') == 'paper'
-    assert study_results.schedule_label(config('resnet20,short'), 'resnet20') == \
+    assert results_table.schedule_label(config('resnet110'), 'resnet110') == 'paper'
+    assert results_table.schedule_label(config('resnet20,short'), 'resnet20') == \
         'short (2,500 steps)'
-    assert study_results.schedule_label(config('resnet20', total_steps=20), 'resnet20') == \
+    assert results_table.schedule_label(config('resnet20', total_steps=20), 'resnet20') == \
         'shortened (20 steps)'
 
 
 def test_several_seeds_give_mean_spread_and_best(tmp_path):
     config = {'total_steps': 100, 'model': {'name': 'cifar_resnet32'}, 'num_classes': 10,
               'dataset': 'cifar10'}
-    runs = [study_results.RunResult(
+    runs = [results_table.RunResult(
         'resnet32', seed, tmp_path, config, {'top1_accuracy': accuracy, 'split': 'test'},
         100, 1.0, 60.0, ()) for seed, accuracy in enumerate((0.92, 0.93, 0.94))]
-    row = dict(zip(study_results.COLUMNS, study_results.model_row('resnet32', runs),
+    row = dict(zip(results_table.COLUMNS, results_table.model_row('resnet32', runs),
                    strict=True))
     assert row['test error (%)'] == '7.00 ± 1.00 (n=3)'
     assert row['best'] == '6.00' and row['seeds done'] == '3/3'
@@ -292,7 +293,7 @@ def test_a_workdir_of_another_config_is_one_line(study):
 
 @pytest.mark.slow
 def test_plot_and_layer_responses_name_a_workdir_without_a_run(tmp_path):
-    for module in ('resnet_jax.plot', 'resnet_jax.layer_responses'):
+    for module in ('resnet_jax.paper.plot', 'resnet_jax.paper.layer_responses'):
         result = subprocess.run([sys.executable, '-m', module, str(tmp_path), '-o',
                                  str(tmp_path / 'x.png')], cwd=REPO, capture_output=True,
                                 text=True, timeout=120)

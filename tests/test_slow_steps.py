@@ -16,13 +16,14 @@ import types
 import jax
 import pytest
 
-from resnet_jax import preemption, steps, train
+from resnet_jax.runs import preemption
+from resnet_jax.training import steps, train
 
 DELAY = 0.5  # seconds per step
 
 
 class SlowSteps:
-    """Patches the train step that inputs build to take `DELAY` s more; counts the steps."""
+    """Patches the train step that training builds to take `DELAY` s more; counts the steps."""
 
     def __init__(self, monkeypatch):
         self.started = 0

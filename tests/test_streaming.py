@@ -17,8 +17,9 @@ from streaming_helpers import (  # noqa: E402
     write_folder,
 )
 
-from resnet_jax import configs, evaluation  # noqa: E402
-from resnet_jax.data import host_augment, sources, tf_pipelines  # noqa: E402
+from resnet_jax import configs  # noqa: E402
+from resnet_jax.inputs import host_augment, sources, tf_pipelines  # noqa: E402
+from resnet_jax.training import evaluation  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -165,7 +166,7 @@ def test_streaming_training_resumes_exactly_and_evaluates_in_every_mode(folder, 
     import json
     import shutil
 
-    from resnet_jax import train
+    from resnet_jax.training import train
 
     config = streaming_config(folder)
     straight = tmp_path / 'straight'
@@ -191,7 +192,7 @@ def test_streaming_training_resumes_exactly_and_evaluates_in_every_mode(folder, 
 
 @pytest.mark.slow
 def test_the_image_folder_experiment_trains_on_a_folder(folder, tmp_path):
-    from resnet_jax import train
+    from resnet_jax.training import train
 
     config = configs.load_config('experiments/image_folder.py:cifar_resnet8')
     config.unlock()

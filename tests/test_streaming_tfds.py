@@ -16,8 +16,8 @@ from streaming_helpers import (  # noqa: E402
     take,
 )
 
-from resnet_jax import train  # noqa: E402
-from resnet_jax.data import sources, tf_pipelines  # noqa: E402
+from resnet_jax.inputs import sources, tf_pipelines  # noqa: E402
+from resnet_jax.training import train  # noqa: E402
 
 NAME = 'tiny_images'
 

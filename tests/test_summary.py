@@ -1,4 +1,5 @@
-"""Tests of resnet_jax.summary: multiply-adds against the paper and torchvision, and the CLI."""
+"""Tests of resnet_jax.models.summary: multiply-adds against the paper and torchvision, and the
+CLI."""
 
 import re
 
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from resnet_jax.models import MODEL_NAMES, create_model
-from resnet_jax.summary import ModelSummary, count_params, main, summarize
+from resnet_jax.models.summary import ModelSummary, count_params, main, summarize
 
 PAPER_TABLE1_GMACS = {  # v1: stride on the first 1x1 of a bottleneck
     'resnet18': 1.8, 'resnet34': 3.6, 'resnet50': 3.8, 'resnet101': 7.6, 'resnet152': 11.3,

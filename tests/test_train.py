@@ -12,10 +12,10 @@ import orbax.checkpoint as ocp
 import pytest
 from rounding import assert_equal_up_to_rounding, train_step_terms
 
-from resnet_jax import configs, evaluation, optim, parallel, steps, train, train_state
-from resnet_jax.data import arrays
-from resnet_jax.inputs import in_memory
-from resnet_jax.inputs.preprocess import InMemoryPreprocessing
+from resnet_jax import configs, parallel
+from resnet_jax.inputs import arrays, in_memory
+from resnet_jax.inputs.device_preprocessing import InMemoryPreprocessing
+from resnet_jax.training import evaluation, optim, steps, train, train_state
 
 _COMPILED = {}
 
@@ -31,7 +31,7 @@ def _state_and_step(config, mesh, augment='none'):
 
 def _build_state_and_step(config, mesh, augment):
     model = train.build_model(
-        config, config.num_classes,
+        config, config.num_classes, mesh,
         bn_axis_name=parallel.DATA_AXIS if config.sync_batch_norm else None)
     schedule = optim.learning_rate_schedule(config, 8, config.total_steps)
     tx = optim.make_optimizer(config, schedule)
@@ -123,7 +123,7 @@ def test_evaluation_is_exact_with_a_padded_last_batch(tiny_config):
     config = tiny_config()
     mesh = parallel.make_mesh()
     state, _ = _state_and_step(config, mesh)
-    model = train.build_model(config, 10)
+    model = train.build_model(config, 10, mesh)
     preprocessing = InMemoryPreprocessing('none', 0, jnp.full((8, 8, 3), 127.0), 255.0,
                                           jnp.float32)
     eval_step = evaluation.make_in_memory_eval_step(model, mesh, preprocessing.normalize)

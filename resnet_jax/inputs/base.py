@@ -1,19 +1,22 @@
 """What the training loop needs of an input, and the checks both input paths share.
 
 A run opens its data set first (`DataSet`: classes, sizes), builds the model and
-optimiser for it, and then the input (`Input`), which builds its jitted train step and
-its evaluation on construction.
+optimiser for it, and then the input (`Input`): its global batches, the preprocessing the
+train step applies to them, and the eval split. Training builds the steps
+(`resnet_jax.training.steps.make_steps`); an input never does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
+import jax
 import ml_collections
 
 from resnet_jax import configs
-from resnet_jax.data import arrays
+from resnet_jax.inputs import arrays
 
 
 class DataSet(Protocol):
@@ -26,8 +29,44 @@ class DataSet(Protocol):
     def num_examples(self, split: str) -> int: ...
 
 
+class Preprocessing(Protocol):
+    """What the train step does to a batch on the device before the model."""
+
+    def train(self, key: jax.Array, *batch) -> tuple[jax.Array, jax.Array]:
+        """(images, labels) of a batch as `Input.batches` yields it; `key` is the step's."""
+        ...
+
+    def normalize(self, images: jax.Array) -> jax.Array:
+        """uint8 images to the model's input (evaluation applies this alone)."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceEvalSplit:
+    """The whole eval split on every device (in-memory data): uint8 images and labels."""
+
+    images: jax.Array
+    labels: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalExamples:
+    """This process's share of a streamed eval split, in one eval mode.
+
+    Each example is {'views': {name: uint8 [V, H, W, 3]}, 'label': int, 'id': int}; its
+    score is the mean of its views' probabilities.
+    """
+
+    examples: Iterable[dict]
+    num_examples: int  # of the whole split, over all processes
+    image_size: int  # training's crop size: eval batches hold about as many pixels
+
+
+EvalData = DeviceEvalSplit | EvalExamples
+
+
 class Input(Protocol):
-    """The training loop's input: its train step, its batches and its evaluation."""
+    """The training loop's input: batches, their preprocessing, and the eval split."""
 
     num_classes: int
     image_size: int
@@ -35,15 +74,14 @@ class Input(Protocol):
     eval_split: str
     eval_modes: tuple[str, ...]  # the first runs every eval_every_steps; all at the end
     description: str  # one line for the log
-    # Jitted `(state, *batch) -> (state, metrics)`; a batch is what `batches` yields.
-    train_step: Callable
+    preprocessing: Preprocessing
 
     def batches(self, start_step: int) -> Iterator[tuple]:
         """The global batches of steps `start_step`, `start_step` + 1, ..."""
         ...
 
-    def evaluate(self, state, mode: str | None = None) -> dict[str, float]:
-        """Exact loss / top-1 / top-5 on the eval split (`mode`: one of eval_modes)."""
+    def eval_data(self, mode: str) -> EvalData:
+        """The eval split as evaluated in `mode` (one of eval_modes)."""
         ...
 
 

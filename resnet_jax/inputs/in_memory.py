@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-import optax
 
-from resnet_jax import evaluation, parallel, steps
-from resnet_jax.data import arrays, order
-from resnet_jax.inputs import base
-from resnet_jax.inputs.preprocess import InMemoryPreprocessing
+from resnet_jax import parallel
+from resnet_jax.inputs import arrays, base, order
+from resnet_jax.inputs.device_preprocessing import InMemoryPreprocessing
 
 
 @dataclasses.dataclass
@@ -77,10 +75,7 @@ class InMemoryInput:
     eval_modes = ('whole_image',)
 
     def __init__(self, config: ml_collections.ConfigDict, mesh, data: arrays.ArrayDataset,
-                 model, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 augment_key: jax.Array):
-        self.config = config
-        self.mesh = mesh
+                 dtype: Any):
         self.num_classes = data.num_classes
         self.image_size = data.image_size
         self.eval_split = data.eval_split
@@ -99,13 +94,7 @@ class InMemoryInput:
                                                 ('eval_images', data.eval_images),
                                                 ('eval_labels', data.eval_labels))}
         # The per-pixel mean is the training set's.
-        preprocessing = InMemoryPreprocessing.from_config(config, data.train_images,
-                                                          model.dtype)
-        self.train_step = steps.make_train_step(
-            model, tx, schedule, mesh, preprocess=preprocessing.train,
-            augment_key=augment_key, options=steps.StepOptions.from_config(config))
-        self.eval_step = evaluation.make_in_memory_eval_step(model, mesh,
-                                                             preprocessing.normalize)
+        self.preprocessing = InMemoryPreprocessing.from_config(config, data.train_images, dtype)
 
     def batches(self, start_step: int):
         """(train images, train labels, batch indices) of each step from `start_step` on."""
@@ -114,9 +103,8 @@ class InMemoryInput:
             yield images, labels, parallel.global_array(self.order.indices(step),
                                                         self.replicated)
 
-    def evaluate(self, state, mode: str | None = None) -> dict[str, float]:
-        """Exact evaluation of the whole eval split (in-memory images are evaluated whole)."""
+    def eval_data(self, mode: str) -> base.DeviceEvalSplit:
+        """The whole eval split, on the device (in-memory images are evaluated whole)."""
         del mode
-        return evaluation.evaluate_in_memory(
-            self.eval_step, state, self.device_data['eval_images'],
-            self.device_data['eval_labels'], self.config.eval_batch_size, self.mesh)
+        return base.DeviceEvalSplit(self.device_data['eval_images'],
+                                    self.device_data['eval_labels'])

@@ -6,17 +6,14 @@ Importing this module imports TensorFlow; the training loop imports it only for
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import jax
 import ml_collections
-import optax
-from absl import logging
 
-from resnet_jax import evaluation, parallel, steps
-from resnet_jax.data import sources, tf_pipelines
-from resnet_jax.inputs import base
-from resnet_jax.inputs.preprocess import StreamedPreprocessing
+from resnet_jax import parallel
+from resnet_jax.inputs import base, sources, tf_pipelines
+from resnet_jax.inputs.device_preprocessing import StreamedPreprocessing
 
 
 def open_dataset(config: ml_collections.ConfigDict) -> sources.Source:
@@ -30,14 +27,13 @@ def open_dataset(config: ml_collections.ConfigDict) -> sources.Source:
 class StreamedInput:
     """The training loop's input (`base.Input`) for a data set streamed from files."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh, source, model,
-                 tx: optax.GradientTransformation, schedule: optax.Schedule,
-                 augment_key: jax.Array):
-        self.config = config
+    def __init__(self, config: ml_collections.ConfigDict, mesh, source: sources.Source,
+                 dtype: Any):
         self.source = source
         self.num_classes = source.num_classes
         self.image_size = config.image_size
         self.eval_split = source.eval_split
+        self.threads = config.streaming.threads
         self.augmentation = tf_pipelines.HostAugmentation.from_config(config)
         stream = config.streaming
         self.train_stream = tf_pipelines.TrainStream(
@@ -47,11 +43,7 @@ class StreamedInput:
         self.steps_per_epoch = self.train_stream.steps_per_epoch
         self.eval_modes = tuple(stream.eval_modes)
         self.batch_sharding = parallel.batch_sharded(mesh)
-        preprocessing = StreamedPreprocessing.from_config(config, model.dtype)
-        self.train_step = steps.make_train_step(
-            model, tx, schedule, mesh, preprocess=preprocessing.train,
-            augment_key=augment_key, options=steps.StepOptions.from_config(config))
-        self.predictor = evaluation.LocalPredictor(model, preprocessing.normalize)
+        self.preprocessing = StreamedPreprocessing.from_config(config, dtype)
         self.description = (
             f'{source.description}, {source.num_examples("train")} train / '
             f'{source.num_examples(self.eval_split)} {self.eval_split} examples, '
@@ -64,25 +56,14 @@ class StreamedInput:
             self.train_stream.batches(start_step),
             lambda batch: tf_pipelines.to_global(batch, self.batch_sharding))
 
-    def evaluate(self, state, mode: str | None = None) -> dict[str, float]:
-        """Exact evaluation of the eval split in `mode` (default: the first eval mode)."""
-        mode = mode or self.eval_modes[0]
-        start = time.perf_counter()
+    def eval_data(self, mode: str) -> base.EvalExamples:
+        """This process's share of the eval split, decoded and cut into `mode`'s views."""
         index, count = jax.process_index(), jax.process_count()
         examples = tf_pipelines.eval_dataset(
             self.source, self.augmentation, mode, process_index=index, process_count=count,
-            threads=self.config.streaming.threads)
+            threads=self.threads)
         candidates = (tf_pipelines.eval_indices(self.source, index, count)
                       if self.source.random_access else None)
-        variables = self.predictor.local_variables(state)
-        local_batch = self.config.eval_batch_size // jax.process_count()
-        totals = evaluation.evaluate_views(
-            lambda views: self.predictor(variables, views),
+        return base.EvalExamples(
             tf_pipelines.numpy_items(examples, self.source, self.eval_split, candidates),
-            local_batch, pixels_per_batch=local_batch * self.image_size**2,
-            multiple=self.predictor.num_devices)
-        results = evaluation.as_metrics(evaluation.sum_over_processes(totals),
-                                        self.source.num_examples(self.eval_split))
-        logging.info('Evaluated %s (%s) in %.1f s.', self.eval_split, mode,
-                     time.perf_counter() - start)
-        return results
+            self.source.num_examples(self.eval_split), self.image_size)

@@ -19,8 +19,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from resnet_jax import pyfiles
-from resnet_jax.layers import XLA_LAYERS, Layers
 from resnet_jax.models import blocks, depths, resnet
+from resnet_jax.models.layers import XLA_LAYERS, Layers
 
 
 @dataclasses.dataclass(frozen=True)

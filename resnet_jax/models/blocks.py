@@ -11,14 +11,14 @@ experiment file: experiments/se_resnet.py) follows:
   block; `shortcut`: 'A', 'B', 'C' or 'none' (`Block.skip` makes that path; None in a
   plain net); `zero_init_residual`: start as its shortcut (each block decides how);
   `dtype`: the compute dtype (parameters stay float32); `layers`: the injected building
-  blocks (`resnet_jax.layers.Layers`: convolution, BatchNorm, `norm_relu`, dense, pooling),
+  blocks (`resnet_jax.models.layers.Layers`: convolution, BatchNorm, `norm_relu`, dense, pooling),
   which are all a block may compute with besides jax.numpy, so that every platform can
   substitute its own; `norm`: `layers.norm` configured for this run (train or eval,
   momentum, epsilon, statistics' axis): `self.norm(name=...)` is a BatchNorm module.
 - Class attributes: `expansion` (output channels over width), `preactivation` (True:
   its input is not normalised, so the network ends with BN + ReLU before the pooling, and
   its stem convolution has none after it), `three_by_three_norms` (the BatchNorms whose
-  output is the response of a 3x3 layer: resnet_jax.layer_responses); the package's
+  output is the response of a 3x3 layer: resnet_jax.paper.layer_responses); the package's
   bottlenecks also `stride_on_3x3` (config `variant`: `with_variant`).
 - Helpers for a block's code: `self.conv(features, kernel, strides, name)`,
   `self.skip(x)`, `self.last_norm(name)` (the BN that `zero_init_residual` zeroes);
@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.layers import Layers
+from resnet_jax.models.layers import Layers
 
 SHORTCUTS = ('A', 'B', 'C', 'none')
 

@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.layers import XLA_LAYERS, Layers
 from resnet_jax.models.blocks import SHORTCUTS, Block, conv
+from resnet_jax.models.layers import XLA_LAYERS, Layers
 
 STEMS = ('imagenet', 'cifar')
 # Stem geometry: (kernel, stride, 3x3/2 max pool after it?). Its width is stage_widths[0]:
@@ -72,7 +72,7 @@ class ResNet(nn.Module):
     # True: every BatchNorm normalises with its running statistics in training too and
     # leaves them as they are (fine-tuning a pretrained net on small batches).
     frozen_batch_norm: bool = False
-    # The convolution, BatchNorm and pooling modules (resnet_jax.layers; the platform's
+    # The convolution, BatchNorm and pooling modules (resnet_jax.models.layers; the platform's
     # choice, from resnet_jax.backend).
     layers: Layers = XLA_LAYERS
 
@@ -131,8 +131,8 @@ class ResNet(nn.Module):
 
         # Pool and classify in float32: the mean over H*W and the logits want the precision.
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        # The pooled features, for use as a backbone (resnet_jax.features): kept only when
-        # apply is called with mutable=['intermediates'].
+        # The pooled features, for use as a backbone (resnet_jax.pretrained.features): kept
+        # only when apply is called with mutable=['intermediates'].
         self.sow('intermediates', 'pre_logits', x)
         logits = self.layers.dense(self.num_classes, dtype=jnp.float32,
                                    param_dtype=jnp.float32, name='head')(x)

@@ -1,0 +1,669 @@
+// Direct 2-D convolutions for the CPU, called from XLA through its FFI.
+//
+// XLA:CPU computes the 3x3 convolutions of a ResNet with Eigen's spatial convolution, and
+// their weight gradients as convolutions over transposed copies of the activations. At the
+// channel counts of the CIFAR ResNets (16-64) that runs at a fifth to a half of what the
+// cores can do. These kernels hold a tile of outputs in vector registers and stream the
+// inputs past it, the way oneDNN's direct convolutions do:
+//
+//   resnet_conv2d_forward      y[n,h,w,o] = sum_{i,j,c} x[n,sh+i-P,sw+j-P,c] * k[i,j,c,o]
+//   resnet_conv2d_weight_grad  dk[i,j,c,o] = sum_{n,h,w} x[n,sh+i-P,sw+j-P,c] * dy[n,h,w,o]
+//
+// for odd square kernels KxK with torchvision's padding P = K/2, stride s, NHWC
+// activations, HWIO kernels, float32, any number of input channels and a multiple of 16
+// output channels. (At stride 1 the input gradient is the forward convolution of dy with
+// the kernel turned by 180 degrees and its channels swapped; the caller does that.) Work
+// is split over XLA's intra-op thread pool. Written with GCC/Clang vector extensions and
+// compiled for the host CPU (-march=native): 16 floats are one AVX-512 register, two AVX2.
+// The tiles are chosen per instruction set: AVX-512's 32 registers of 16 floats, or 16 of 8.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <type_traits>
+#include <vector>
+
+#include "parallel.h"
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+using namespace resnet_jax;  // NOLINT: vfloat, kLanes, LoadVector, StoreVector, ParallelFor, ffi
+
+// A thread's zero-padded copy of some rows of one image: rows x cols pixels of c channels.
+// Only the interior is written per call, so the zero border is kept while the shape stays.
+template <typename T>
+T* PaddedSlab(int64_t rows, int64_t cols, int64_t c) {
+  thread_local std::vector<T> data;
+  thread_local int64_t shape[3] = {-1, -1, -1};
+  if (shape[0] != rows || shape[1] != cols || shape[2] != c) {
+    data.assign(rows * cols * c, T{});
+    shape[0] = rows, shape[1] = cols, shape[2] = c;
+  }
+  return data.data();
+}
+
+// Copies input rows [r0, r1) of image `x` ([H, W, C]) into the slab from its column
+// `pad` on; rows outside the image are zeros (the columns around them stay zero). bfloat16
+// rows copied into a float32 slab are widened (exactly).
+template <typename Src, typename Dst>
+void FillSlab(const Src* x, int64_t H, int64_t W, int64_t C, int64_t r0, int64_t r1,
+              int64_t pad, int64_t slab_cols, Dst* slab) {
+  for (int64_t r = r0; r < r1; ++r) {
+    Dst* dst = slab + ((r - r0) * slab_cols + pad) * C;
+    if (r < 0 || r >= H) {
+      std::memset(dst, 0, W * C * sizeof(Dst));
+    } else if constexpr (std::is_same_v<Src, Dst>) {
+      std::memcpy(dst, x + r * W * C, W * C * sizeof(Dst));
+    } else {
+      const Src* src = x + r * W * C;
+      const int64_t n = W * C, vectors = n - n % kLanes;
+      for (int64_t i = 0; i < vectors; i += kLanes) StoreVector(dst + i, LoadVector(src + i));
+      for (int64_t i = vectors; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
+    }
+  }
+}
+
+// One output row of width W (its K input rows start at `slab`), columns in blocks of WB,
+// output channels [o0, o0 + 16 * NO): the WB x NO accumulators stay in registers over all
+// K*K*C products.
+template <int WB, int NO, int STEP>
+void ForwardRowWithStep(const float* slab, int64_t slab_cols, int64_t K, int64_t stride,
+                        int64_t C, int64_t O, const float* kernel, int64_t W, float* out,
+                        int64_t o0) {
+  constexpr int NV = NO * 16 / kLanes;  // the target's vectors per column of the tile
+  const int64_t step = STEP > 0 ? STEP : stride * C;
+  for (int64_t w0 = 0; w0 < W; w0 += WB) {
+    vfloat acc[WB][NV] = {};
+    for (int64_t i = 0; i < K; ++i) {
+      for (int64_t j = 0; j < K; ++j) {
+        const float* xs = slab + (i * slab_cols + w0 * stride + j) * C;
+        const float* ks = kernel + (i * K + j) * C * O + o0;
+        for (int64_t c = 0; c < C; ++c) {
+          vfloat k[NV];
+          for (int q = 0; q < NV; ++q) k[q] = LoadVector(ks + c * O + kLanes * q);
+          for (int p = 0; p < WB; ++p) {
+            const float xv = xs[p * step + c];
+            for (int q = 0; q < NV; ++q) acc[p][q] += xv * k[q];
+          }
+        }
+      }
+    }
+    const int64_t valid = std::min<int64_t>(WB, W - w0);
+    for (int64_t p = 0; p < valid; ++p) {
+      for (int q = 0; q < NV; ++q) StoreVector(out + (w0 + p) * O + o0 + kLanes * q, acc[p][q]);
+    }
+  }
+}
+
+// The step from one output column's inputs to the next's, stride * C, as a constant where
+// it is small: the WB inputs of a column block are then one base address and constant
+// offsets, instead of WB address registers (x86 has 16).
+template <int WB, int NO>
+void ForwardRow(const float* slab, int64_t slab_cols, int64_t K, int64_t stride, int64_t C,
+                int64_t O, const float* kernel, int64_t W, float* out, int64_t o0) {
+  switch (stride * C) {
+    case 16:
+      return ForwardRowWithStep<WB, NO, 16>(slab, slab_cols, K, stride, C, O, kernel, W, out, o0);
+    case 32:
+      return ForwardRowWithStep<WB, NO, 32>(slab, slab_cols, K, stride, C, O, kernel, W, out, o0);
+    case 64:
+      return ForwardRowWithStep<WB, NO, 64>(slab, slab_cols, K, stride, C, O, kernel, W, out, o0);
+    default:
+      return ForwardRowWithStep<WB, NO, -1>(slab, slab_cols, K, stride, C, O, kernel, W, out,
+                                            o0);
+  }
+}
+
+#if defined(__AVX512BF16__)
+// The bfloat16 row: the same tile of WB x NO float32 accumulators, fed by vdpbf16ps, which
+// adds to each of 16 lanes the products of a pair of bfloat16 inputs and a pair of
+// weights. A pair of input channels of one pixel is one 32-bit broadcast; the kernel comes
+// in channel pairs, [K, K, C/2, O, 2] (PairChannels), so that one 32-weight vector holds
+// both channels' weights of 16 outputs. The sums are rounded to bfloat16 once, at the end.
+using AliasedPair = int32_t __attribute__((aligned(2), may_alias));
+
+template <int WB, int NO>
+void ForwardRowBf16(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t stride,
+                    int64_t C, int64_t O, const uint16_t* kernel, int64_t W, uint16_t* out,
+                    int64_t o0) {
+  const int64_t step = stride * C;
+  for (int64_t w0 = 0; w0 < W; w0 += WB) {
+    __m512 acc[WB][NO];
+    for (int p = 0; p < WB; ++p) {
+      for (int q = 0; q < NO; ++q) acc[p][q] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < K; ++i) {
+      for (int64_t j = 0; j < K; ++j) {
+        const uint16_t* xs = slab + (i * slab_cols + w0 * stride + j) * C;
+        const uint16_t* ks = kernel + (i * K + j) * C * O + 2 * o0;
+        for (int64_t c = 0; c < C; c += 2) {
+          __m512bh k[NO];
+          for (int q = 0; q < NO; ++q) {
+            k[q] = (__m512bh)_mm512_loadu_si512(ks + c * O + 32 * q);
+          }
+          for (int p = 0; p < WB; ++p) {
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32(
+                *reinterpret_cast<const AliasedPair*>(xs + p * step + c));
+            for (int q = 0; q < NO; ++q) acc[p][q] = _mm512_dpbf16_ps(acc[p][q], k[q], xv);
+          }
+        }
+      }
+    }
+    const int64_t valid = std::min<int64_t>(WB, W - w0);
+    for (int64_t p = 0; p < valid; ++p) {
+      for (int q = 0; q < NO; ++q) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (w0 + p) * O + o0 + 16 * q),
+                            (__m256i)_mm512_cvtneps_pbh(acc[p][q]));
+      }
+    }
+  }
+}
+#endif
+
+template <typename T>
+using ForwardRowFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const T*,
+                              int64_t, T*, int64_t);
+
+template <typename T>
+struct ForwardTile {
+  int wb, no;
+  ForwardRowFn<T> fn;
+};
+
+#if defined(__AVX512F__)
+// At most 28 accumulators: with the NO kernel vectors they fit AVX-512's 32 registers (the
+// input is broadcast from memory inside the multiply-add).
+constexpr ForwardTile<float> kForwardTiles[] = {
+    {16, 1, ForwardRow<16, 1>}, {14, 1, ForwardRow<14, 1>}, {8, 1, ForwardRow<8, 1>},
+    {7, 1, ForwardRow<7, 1>},   {14, 2, ForwardRow<14, 2>}, {12, 2, ForwardRow<12, 2>},
+    {8, 2, ForwardRow<8, 2>},   {7, 2, ForwardRow<7, 2>},   {7, 4, ForwardRow<7, 4>},
+    {6, 4, ForwardRow<6, 4>},   {4, 4, ForwardRow<4, 4>},
+};
+#else
+// 16 registers of 8 floats (AVX2; NEON's 32 of 4 hold as many floats): a 16-float vector
+// takes two, and the broadcast input one more. 2 * (WB * NO + NO) + 1 <= 16.
+constexpr ForwardTile<float> kForwardTiles[] = {
+    {6, 1, ForwardRow<6, 1>}, {5, 1, ForwardRow<5, 1>}, {4, 1, ForwardRow<4, 1>},
+    {2, 2, ForwardRow<2, 2>},
+};
+#endif
+
+#if defined(__AVX512BF16__)
+// The float32 AVX-512 tiles' shapes: as many accumulators, as many kernel vectors.
+constexpr ForwardTile<uint16_t> kForwardTilesBf16[] = {
+    {16, 1, ForwardRowBf16<16, 1>}, {14, 1, ForwardRowBf16<14, 1>},
+    {8, 1, ForwardRowBf16<8, 1>},   {7, 1, ForwardRowBf16<7, 1>},
+    {14, 2, ForwardRowBf16<14, 2>}, {12, 2, ForwardRowBf16<12, 2>},
+    {8, 2, ForwardRowBf16<8, 2>},   {7, 2, ForwardRowBf16<7, 2>},
+    {7, 4, ForwardRowBf16<7, 4>},   {6, 4, ForwardRowBf16<6, 4>},
+    {4, 4, ForwardRowBf16<4, 4>},
+};
+#endif
+
+// The tile that wastes the fewest columns of a row of width W, then the largest.
+template <typename T, size_t N>
+ForwardTile<T> ChooseForwardTile(const ForwardTile<T> (&tiles)[N], int64_t W, int64_t O) {
+  ForwardTile<T> best = tiles[0];
+  double best_score = -1;
+  for (const ForwardTile<T>& t : tiles) {
+    if (O % (16 * t.no) != 0) continue;
+    const int64_t blocks = (W + t.wb - 1) / t.wb;
+    const double score = double(W) / double(blocks * t.wb) + 1e-3 * t.wb * t.no;
+    if (score > best_score) best = t, best_score = score;
+  }
+  return best;
+}
+
+int64_t OutputSize(int64_t in, int64_t K, int64_t stride) {
+  return (in + 2 * (K / 2) - K) / stride + 1;
+}
+
+// x: [N, H, W, C], k: [K, K, C, O], y: [N, Ho, Wo, O].
+ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                       ffi::Span<const int64_t> y, int64_t stride) {
+  if (x.size() != 4 || k.size() != 4 || y.size() != 4) {
+    return ffi::Error::InvalidArgument("conv2d: expected NHWC, HWIO and NHWC arrays");
+  }
+  if (stride < 1 || k[0] != k[1] || k[0] % 2 == 0 || k[2] != x[3] || k[3] != y[3] ||
+      y[0] != x[0] || y[1] != OutputSize(x[1], k[0], stride) ||
+      y[2] != OutputSize(x[2], k[0], stride) || k[3] % 16 != 0) {
+    return ffi::Error::InvalidArgument(
+        "conv2d: needs an odd square kernel with padding K/2, matching channels and "
+        "shapes, and a multiple of 16 output channels");
+  }
+  return ffi::Error::Success();
+}
+
+// The forward convolution of x [N, H, W, C] with the kernel (laid out as `tile.fn` reads
+// it) into y [N, Ho, Wo, O].
+template <typename T>
+void ForwardWithTile(ffi::ThreadPool& pool, const T* xs, ffi::Span<const int64_t> xd,
+                     const T* ks, int64_t K, T* ys, ffi::Span<const int64_t> yd,
+                     int64_t stride, ForwardTile<T> tile) {
+  const int64_t N = xd[0], H = xd[1], W = xd[2], C = xd[3], Ho = yd[1], Wo = yd[2];
+  const int64_t O = yd[3], pad = K / 2;
+  // Room for the last column block's overrun, which reads zeros.
+  const int64_t blocks = (Wo + tile.wb - 1) / tile.wb;
+  const int64_t slab_cols = std::max(pad + W, blocks * tile.wb * stride + K);
+  // Tasks are bands of output rows, enough of them to keep every worker busy.
+  const int64_t workers = NumWorkers(pool, N * Ho);
+  const int64_t bands = std::min<int64_t>(Ho, (4 * workers + N - 1) / N);
+  const int64_t band_rows = (Ho + bands - 1) / bands;
+  ParallelFor(pool, N * bands, workers, [&](int64_t task) {
+    const int64_t n = task / bands, h0 = (task % bands) * band_rows;
+    const int64_t h1 = std::min(Ho, h0 + band_rows);
+    if (h0 >= h1) return;
+    const int64_t r0 = h0 * stride - pad, r1 = (h1 - 1) * stride - pad + K;
+    T* slab = PaddedSlab<T>((band_rows - 1) * stride + K, slab_cols, C);
+    FillSlab(xs + n * H * W * C, H, W, C, r0, r1, pad, slab_cols, slab);
+    for (int64_t h = h0; h < h1; ++h) {
+      T* out = ys + ((n * Ho + h) * Wo) * O;
+      const T* rows = slab + (h - h0) * stride * slab_cols * C;
+      for (int64_t o0 = 0; o0 < O; o0 += 16 * tile.no) {
+        tile.fn(rows, slab_cols, K, stride, C, O, ks, Wo, out, o0);
+      }
+    }
+  });
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  if (ffi::Error e = CheckShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride);
+      e.failure()) {
+    return e;
+  }
+  ForwardWithTile(pool, x.typed_data(), x.dimensions(), kernel.typed_data(),
+                  kernel.dimensions()[0], y->typed_data(), y->dimensions(), stride,
+                  ChooseForwardTile(kForwardTiles, y->dimensions()[2], y->dimensions()[3]));
+  return ffi::Error::Success();
+}
+
+// The bfloat16 forward convolution: sums in float32, rounded once. Needs AVX512-BF16;
+// without it the library has no such tiles, and says so (resnet_kernels_bf16).
+ffi::Error ForwardBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
+                       ffi::Buffer<ffi::BF16> kernel, ffi::ResultBuffer<ffi::BF16> y,
+                       int64_t stride) {
+  if (ffi::Error e = CheckShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), stride);
+      e.failure()) {
+    return e;
+  }
+#if defined(__AVX512BF16__)
+  const auto kd = kernel.dimensions();
+  const int64_t K = kd[0], C = kd[2], O = kd[3];
+  if (C % 2 != 0) {
+    return ffi::Error::InvalidArgument("conv2d bfloat16: needs an even number of channels");
+  }
+  // [K, K, C, O] -> [K, K, C/2, O, 2]: the two channels of a pair side by side per output.
+  std::vector<uint16_t> paired(K * K * C * O);
+  const uint16_t* ks = kernel.typed_data();
+  for (int64_t t = 0; t < K * K; ++t) {
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t o = 0; o < O; ++o) {
+        paired[((t * C + (c & ~int64_t{1})) * O + 2 * o) + (c & 1)] = ks[(t * C + c) * O + o];
+      }
+    }
+  }
+  ForwardWithTile(pool, x.typed_data(), x.dimensions(), paired.data(), K, y->typed_data(),
+                  y->dimensions(), stride,
+                  ChooseForwardTile(kForwardTilesBf16, y->dimensions()[2], y->dimensions()[3]));
+  return ffi::Error::Success();
+#else
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "conv2d bfloat16: the kernels were built without AVX512-BF16");
+#endif
+}
+
+// Adds to the kernel-gradient tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of one
+// image (dy: [H, W, O] at the output's size): the accumulators stay in registers over all
+// its pixels.
+template <int CB, int NO, typename G>
+void WeightGradTile(const float* slab, int64_t slab_cols, int64_t stride, int64_t H, int64_t W,
+                    int64_t C, const G* dy, int64_t O, int64_t i, int64_t j, int64_t c0,
+                    int64_t o0, float* dk_tap) {
+  constexpr int NV = NO * 16 / kLanes;  // the target's vectors per input channel
+  vfloat acc[CB][NV];
+  for (int c = 0; c < CB; ++c) {
+    for (int q = 0; q < NV; ++q) {
+      acc[c][q] = LoadVector(dk_tap + (c0 + c) * O + o0 + kLanes * q);
+    }
+  }
+  const int64_t step = stride * C;
+  for (int64_t h = 0; h < H; ++h) {
+    const float* xs = slab + ((h * stride + i) * slab_cols + j) * C + c0;
+    const G* gs = dy + h * W * O + o0;
+    for (int64_t w = 0; w < W; ++w) {
+      vfloat g[NV];
+      for (int q = 0; q < NV; ++q) g[q] = LoadVector(gs + w * O + kLanes * q);
+      for (int c = 0; c < CB; ++c) {
+        const float xv = xs[w * step + c];
+        for (int q = 0; q < NV; ++q) acc[c][q] += xv * g[q];
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    for (int q = 0; q < NV; ++q) StoreVector(dk_tap + (c0 + c) * O + o0 + kLanes * q, acc[c][q]);
+  }
+}
+
+// G: float, or bfloat16 bits (widened as they are loaded; the slab is float32 either way).
+template <typename G>
+using WeightGradTileFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  const G*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  float*);
+
+template <typename G>
+struct WeightGradTiling {
+  int cb, no;
+  WeightGradTileFn<G> fn;
+};
+
+#if defined(__AVX512F__)
+// In order of preference: 16 input channels (one cache line of x per pixel) by one vector
+// of outputs; for fewer input channels, more output vectors, so that each pixel still
+// feeds 8-16 accumulators.
+template <typename G>
+constexpr WeightGradTiling<G> kWeightGradTilings[] = {
+    {16, 1, WeightGradTile<16, 1, G>}, {8, 2, WeightGradTile<8, 2, G>},
+    {4, 4, WeightGradTile<4, 4, G>},   {3, 4, WeightGradTile<3, 4, G>},
+    {2, 4, WeightGradTile<2, 4, G>},   {8, 1, WeightGradTile<8, 1, G>},
+    {4, 2, WeightGradTile<4, 2, G>},   {3, 2, WeightGradTile<3, 2, G>},
+    {4, 1, WeightGradTile<4, 1, G>},   {3, 1, WeightGradTile<3, 1, G>},
+    {2, 1, WeightGradTile<2, 1, G>},   {1, 4, WeightGradTile<1, 4, G>},
+    {1, 1, WeightGradTile<1, 1, G>},
+};
+#else
+// 16 registers of 8 floats: CB * NO accumulators and NO gradient vectors of two registers
+// each, and the broadcast input: 2 * (CB * NO + NO) + 1 <= 16.
+template <typename G>
+constexpr WeightGradTiling<G> kWeightGradTilings[] = {
+    {6, 1, WeightGradTile<6, 1, G>}, {4, 1, WeightGradTile<4, 1, G>},
+    {2, 2, WeightGradTile<2, 2, G>}, {3, 1, WeightGradTile<3, 1, G>},
+    {2, 1, WeightGradTile<2, 1, G>}, {1, 2, WeightGradTile<1, 2, G>},
+    {1, 1, WeightGradTile<1, 1, G>},
+};
+#endif
+
+template <typename G>
+WeightGradTiling<G> ChooseWeightGradTiling(int64_t C, int64_t O) {
+  for (const WeightGradTiling<G>& t : kWeightGradTilings<G>) {
+    if (C % t.cb == 0 && O % (16 * t.no) == 0) return t;
+  }
+  return kWeightGradTilings<G>[std::size(kWeightGradTilings<G>) - 1];
+}
+
+// The shapes of a weight gradient: x [N, H, W, C], dy [N, Ho, Wo, O], dk [K, K, C, O].
+struct WeightGradShape {
+  int64_t N, H, W, C, Ho, Wo, O, K, pad, stride, slab_rows, slab_cols;
+
+  WeightGradShape(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> gd, int64_t K,
+                  int64_t stride)
+      : N(xd[0]), H(xd[1]), W(xd[2]), C(xd[3]), Ho(gd[1]), Wo(gd[2]), O(gd[3]), K(K),
+        pad(K / 2), stride(stride), slab_rows((Ho - 1) * stride + K),
+        slab_cols(std::max(pad + W, (Wo - 1) * stride + K)) {}
+
+  int64_t taps() const { return K * K * C * O; }
+};
+
+// dk = the sum over all images of add_group(n0, images, dk_copy)'s products: the images
+// are split into fixed chunks, each summed in order into its own copy of dk, and the
+// copies are added in order, so the result does not depend on which thread ran what and a
+// run repeats bit for bit (chunks: two per pool thread, at most 64 MiB). Within a chunk,
+// images are taken in groups of about 512 KiB of inputs (`image_bytes` each): each tile
+// of dk then sums over the group's images while it stays in L1. (Image by image, deep
+// layers with small maps and large kernels, 7x7x512 -> 3x3x512x512, would stream the
+// whole of dk through memory once per image.)
+template <typename F>
+void SumOverImageGroups(ffi::ThreadPool& pool, int64_t N, int64_t taps, int64_t image_bytes,
+                        float* out, F add_group) {
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t{64} << 20) / (taps * 4));
+  const int64_t chunks = std::min({N, 2 * threads, by_memory});
+  std::vector<float> partial(chunks * taps, 0.f);
+  const int64_t group = std::max<int64_t>(1, (int64_t{512} << 10) / image_bytes);
+  ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
+    const int64_t n_end = (chunk + 1) * N / chunks;
+    for (int64_t n0 = chunk * N / chunks; n0 < n_end; n0 += group) {
+      add_group(n0, std::min(group, n_end - n0), partial.data() + chunk * taps);
+    }
+  });
+  std::memcpy(out, partial.data(), taps * sizeof(float));
+  for (int64_t k = 1; k < chunks; ++k) {
+    const float* part = partial.data() + k * taps;
+    for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
+  }
+}
+
+// dk [K, K, C, O] (float32) from x and dy, both float32 or both bfloat16 bits (widened to
+// float32 as they are read): float32 multiply-adds.
+template <typename G>
+void WeightGradOf(ffi::ThreadPool& pool, const G* xs, const G* gs, const WeightGradShape& d,
+                  float* out) {
+  const WeightGradTiling<G> tiling = ChooseWeightGradTiling<G>(d.C, d.O);
+  const int64_t slab_size = d.slab_rows * d.slab_cols * d.C;
+  const int64_t image_bytes = slab_size * 4 + d.Ho * d.Wo * d.O * int64_t{sizeof(G)};
+  SumOverImageGroups(pool, d.N, d.taps(), image_bytes, out,
+                     [&](int64_t n0, int64_t images, float* dk) {
+    float* slabs = PaddedSlab<float>(images * d.slab_rows, d.slab_cols, d.C);
+    for (int64_t m = 0; m < images; ++m) {
+      FillSlab(xs + (n0 + m) * d.H * d.W * d.C, d.H, d.W, d.C, -d.pad, d.slab_rows - d.pad,
+               d.pad, d.slab_cols, slabs + m * slab_size);
+    }
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.K; ++j) {
+        float* tap = dk + (i * d.K + j) * d.C * d.O;
+        for (int64_t c0 = 0; c0 < d.C; c0 += tiling.cb) {
+          for (int64_t o0 = 0; o0 < d.O; o0 += 16 * tiling.no) {
+            for (int64_t m = 0; m < images; ++m) {
+              tiling.fn(slabs + m * slab_size, d.slab_cols, d.stride, d.Ho, d.Wo, d.C,
+                        gs + (n0 + m) * d.Ho * d.Wo * d.O, d.O, i, j, c0, o0, tap);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+#if defined(__AVX512BF16__)
+// out[2k] = a[k], out[2k + 1] = b[k] (0 where b is null), k < n: two rows of bfloat16
+// values side by side in pairs, as vdpbf16ps reads them.
+inline void InterleavePairs(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
+  const __m512i order = _mm512_set_epi16(
+      31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+      4, 19, 3, 18, 2, 17, 1, 16, 0);
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
+    const __m256i hi = b ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + k))
+                         : _mm256_setzero_si256();
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    _mm512_storeu_si512(out + 2 * k, _mm512_permutexvar_epi16(order, both));
+  }
+  for (; k < n; ++k) {
+    out[2 * k] = a[k];
+    out[2 * k + 1] = b ? b[k] : 0;
+  }
+}
+
+// Adds to the tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of `images` images, two
+// output columns at a time: `xs` holds each image's inputs at the tap's columns (2m, 2m+1)
+// in channel pairs, [slab rows][pairs][C][2], `x_step` apart, and `gs` the output
+// gradients likewise, [Ho][pairs][O][2], `g_step` apart. The tile stays in registers over
+// all of them (small feature maps have few pixels per image).
+template <int CB, int NO>
+void WeightGradTileBf16(const uint16_t* xs, int64_t x_step, const uint16_t* gs, int64_t g_step,
+                        int64_t images, int64_t pairs, int64_t stride, int64_t Ho, int64_t C,
+                        int64_t O, int64_t i, int64_t c0, int64_t o0, float* dk_tap) {
+  __m512 acc[CB][NO];
+  for (int c = 0; c < CB; ++c) {
+    for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_loadu_ps(dk_tap + (c0 + c) * O + o0 + 16 * q);
+  }
+  for (int64_t n = 0; n < images * Ho; ++n) {
+    const int64_t h = n % Ho;
+    const uint16_t* x_row = xs + (n / Ho) * x_step + (h * stride + i) * pairs * C * 2 + 2 * c0;
+    const uint16_t* g_row = gs + (n / Ho) * g_step + h * pairs * O * 2 + 2 * o0;
+    for (int64_t m = 0; m < pairs; ++m) {
+      __m512bh g[NO];
+      for (int q = 0; q < NO; ++q) {
+        g[q] = (__m512bh)_mm512_loadu_si512(g_row + m * O * 2 + 32 * q);
+      }
+      for (int c = 0; c < CB; ++c) {
+        const __m512bh xv = (__m512bh)_mm512_set1_epi32(
+            *reinterpret_cast<const AliasedPair*>(x_row + m * C * 2 + 2 * c));
+        for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_dpbf16_ps(acc[c][q], g[q], xv);
+      }
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    for (int q = 0; q < NO; ++q) _mm512_storeu_ps(dk_tap + (c0 + c) * O + o0 + 16 * q, acc[c][q]);
+  }
+}
+
+using WeightGradTileBf16Fn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t,
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, int64_t, int64_t, float*);
+
+struct WeightGradTilingBf16 {
+  int cb, no;
+  WeightGradTileBf16Fn fn;
+};
+
+// The float32 AVX-512 tilings' shapes.
+constexpr WeightGradTilingBf16 kWeightGradTilingsBf16[] = {
+    {16, 1, WeightGradTileBf16<16, 1>}, {8, 2, WeightGradTileBf16<8, 2>},
+    {4, 4, WeightGradTileBf16<4, 4>},   {2, 4, WeightGradTileBf16<2, 4>},
+    {8, 1, WeightGradTileBf16<8, 1>},   {4, 2, WeightGradTileBf16<4, 2>},
+    {4, 1, WeightGradTileBf16<4, 1>},   {2, 1, WeightGradTileBf16<2, 1>},
+    {1, 4, WeightGradTileBf16<1, 4>},   {1, 1, WeightGradTileBf16<1, 1>},
+};
+
+// dk from bfloat16 x and dy on vdpbf16ps: pairs of output columns are the pairs its
+// products are summed over. Per image, the output gradient is copied in column pairs and,
+// for each column offset j of the kernel, the inputs that offset meets likewise.
+void WeightGradPairedBf16(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
+                          const WeightGradShape& d, float* out) {
+  WeightGradTilingBf16 tiling = kWeightGradTilingsBf16[std::size(kWeightGradTilingsBf16) - 1];
+  for (const WeightGradTilingBf16& t : kWeightGradTilingsBf16) {
+    if (d.C % t.cb == 0 && d.O % (16 * t.no) == 0) {
+      tiling = t;
+      break;
+    }
+  }
+  const int64_t pairs = (d.Wo + 1) / 2;
+  const int64_t slab_size = d.slab_rows * d.slab_cols * d.C;
+  const int64_t x_pairs_size = d.slab_rows * pairs * d.C * 2;  // per column offset
+  const int64_t g_pairs_size = d.Ho * pairs * d.O * 2;
+  const int64_t image_bytes = 2 * (d.K * x_pairs_size + g_pairs_size);
+  SumOverImageGroups(pool, d.N, d.taps(), image_bytes, out,
+                     [&](int64_t n0, int64_t images, float* dk) {
+    uint16_t* slab = PaddedSlab<uint16_t>(d.slab_rows, d.slab_cols, d.C);
+    thread_local std::vector<uint16_t> x_pairs, g_pairs;
+    x_pairs.resize(images * d.K * x_pairs_size);
+    g_pairs.resize(images * g_pairs_size);
+    for (int64_t m = 0; m < images; ++m) {
+      FillSlab(xs + (n0 + m) * d.H * d.W * d.C, d.H, d.W, d.C, -d.pad, d.slab_rows - d.pad,
+               d.pad, d.slab_cols, slab);
+      for (int64_t j = 0; j < d.K; ++j) {
+        uint16_t* dst = x_pairs.data() + (m * d.K + j) * x_pairs_size;
+        for (int64_t r = 0; r < d.slab_rows; ++r) {
+          for (int64_t p = 0; p < pairs; ++p) {
+            const uint16_t* first = slab + (r * d.slab_cols + 2 * p * d.stride + j) * d.C;
+            const uint16_t* second =
+                2 * p + 1 < d.Wo ? first + d.stride * d.C : nullptr;  // past the last column
+            InterleavePairs(first, second, d.C, dst + (r * pairs + p) * d.C * 2);
+          }
+        }
+      }
+      const uint16_t* g = gs + (n0 + m) * d.Ho * d.Wo * d.O;
+      for (int64_t h = 0; h < d.Ho; ++h) {
+        for (int64_t p = 0; p < pairs; ++p) {
+          const uint16_t* first = g + (h * d.Wo + 2 * p) * d.O;
+          InterleavePairs(first, 2 * p + 1 < d.Wo ? first + d.O : nullptr, d.O,
+                          g_pairs.data() + m * g_pairs_size + (h * pairs + p) * d.O * 2);
+        }
+      }
+    }
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.K; ++j) {
+        float* tap = dk + (i * d.K + j) * d.C * d.O;
+        for (int64_t c0 = 0; c0 < d.C; c0 += tiling.cb) {
+          for (int64_t o0 = 0; o0 < d.O; o0 += 16 * tiling.no) {
+            tiling.fn(x_pairs.data() + j * x_pairs_size, d.K * x_pairs_size, g_pairs.data(),
+                      g_pairs_size, images, pairs, d.stride, d.Ho, d.C, d.O, i, c0, o0, tap);
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
+// float32 x and dy, or bfloat16 ones (on vdpbf16ps where the library has it, else
+// widened to float32 as they are read): the kernel gradient in float32 (the caller rounds
+// it to the kernel's dtype).
+template <ffi::DataType D>
+ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> dy,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride) {
+  if (ffi::Error e = CheckShapes(x.dimensions(), dk->dimensions(), dy.dimensions(), stride);
+      e.failure()) {
+    return e;
+  }
+  const WeightGradShape shape(x.dimensions(), dy.dimensions(), dk->dimensions()[0], stride);
+#if defined(__AVX512BF16__)
+  if constexpr (D == ffi::BF16) {
+    WeightGradPairedBf16(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
+    return ffi::Error::Success();
+  }
+#endif
+  WeightGradOf(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// Each takes two arrays and the stride, and writes one: float32 throughout, or bfloat16
+// inputs (the forward pass: a bfloat16 output; the weight gradient: float32).
+#define RESNET_CONV2D_BINDING(In, Out)  \
+  ffi::Ffi::Bind()                      \
+      .Ctx<ffi::ThreadPool>()           \
+      .Arg<ffi::Buffer<ffi::In>>()      \
+      .Arg<ffi::Buffer<ffi::In>>()      \
+      .Ret<ffi::Buffer<ffi::Out>>()     \
+      .Attr<int64_t>("stride")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_forward, Forward, RESNET_CONV2D_BINDING(F32, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_weight_grad, WeightGrad<ffi::F32>,
+                              RESNET_CONV2D_BINDING(F32, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_bf16_forward, ForwardBf16,
+                              RESNET_CONV2D_BINDING(BF16, BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(resnet_conv2d_bf16_weight_grad, WeightGrad<ffi::BF16>,
+                              RESNET_CONV2D_BINDING(BF16, F32));
+
+// The instruction set whose tiles this library was built with: "avx512", "avx2" or
+// "generic" (any other target, such as ARM). The Python side uses the kernels by default
+// only where they were tuned and measured to win (resnet_jax/backend/cpu/kernels/choice.py).
+extern "C" const char* resnet_kernels_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}
+
+// The bfloat16 matrix instructions this library's bfloat16 forward tiles use:
+// "avx512_bf16" (vdpbf16ps), or "" where it was built without them (then
+// resnet_conv2d_bf16_forward fails, and the Python side never calls it).
+extern "C" const char* resnet_kernels_bf16() {
+#if defined(__AVX512BF16__)
+  return "avx512_bf16";
+#else
+  return "";
+#endif
+}
