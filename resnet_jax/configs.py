@@ -13,8 +13,7 @@ import pathlib
 import ml_collections
 from ml_collections import config_dict
 
-from resnet_jax import models, pyfiles
-from resnet_jax.backend.cpu import kernel_layers
+from resnet_jax import backend, models, pyfiles
 from resnet_jax.inputs import arrays, device_preprocessing, streaming_choices
 from resnet_jax.training import optim
 
@@ -62,7 +61,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     # The compute dtype; parameters and BN statistics stay float32. A CPU computes bfloat16
     # only where it pays (resnet_jax.backend.compute_dtype).
     config.dtype = 'float32'
-    config.cpu_kernels = 'auto'  # see resnet_jax.backend.cpu.kernel_layers.CHOICES.
+    config.cpu_kernels = 'auto'  # backend.CPU_KERNEL_CHOICES; see backend/cpu/kernel_layers.py
     # False: BatchNorm statistics per device, as the paper's multi-GPU training.
     config.sync_batch_norm = False
 
@@ -217,8 +216,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     parts = models.model_parts(config.model.name)
     check(set(config.frozen_stages) <= set(parts),
           f'frozen_stages={tuple(config.frozen_stages)}: choose among {parts}')
-    check(config.cpu_kernels in kernel_layers.CHOICES,
-          f'cpu_kernels={config.cpu_kernels!r}: choose one of {kernel_layers.CHOICES}')
+    check(config.cpu_kernels in backend.CPU_KERNEL_CHOICES,
+          f'cpu_kernels={config.cpu_kernels!r}: choose one of {backend.CPU_KERNEL_CHOICES}')
     for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'keep_checkpoints',
                   'checkpoint_every_steps'):
         check(config[field] > 0, f'{field}={config[field]} must be positive')

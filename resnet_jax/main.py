@@ -36,16 +36,7 @@ flags.DEFINE_string('coordinator_address', None,
 flags.DEFINE_integer('num_processes', None,
                      'Processes in the job; 1 forces a single process. Default: detected.')
 flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes-1.')
-flags.DEFINE_integer(
-    'cpu_devices', 0,
-    'Split each CPU into this many JAX devices (0: one), data parallel over its cores '
-    '(docs/cpu.md measures when it pays); each normalises its own share of the batch, as '
-    'GPUs would, unless --config.sync_batch_norm=True.')
-flags.DEFINE_bool(
-    'keep_freed_memory', True,
-    'On a CPU-only run, keep the memory XLA frees after each step for the next one instead '
-    'of returning it to the system (glibc malloc settings; resnet_jax/backend/cpu/host_memory.py): '
-    'faster steps (docs/cpu.md), and the process then holds its peak memory.')
+backend.define_process_flags(FLAGS)  # --cpu_devices, --keep_freed_memory
 flags.DEFINE_string(
     'compilation_cache_dir',
     # JAX's own variable where it is set (tests share one cache with the jobs they start).
@@ -95,12 +86,8 @@ def main(argv):
     # Orbax logs every step of every save at INFO; keep its warnings and errors only.
     logging.get_absl_handler().addFilter(
         lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
-    if FLAGS.cpu_devices < 0:
-        raise app.UsageError('--cpu_devices must be >= 0')
-    if FLAGS.cpu_devices:
-        jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
     # Before any other JAX call: the backends start with the first device query.
-    backend.configure_process(FLAGS.keep_freed_memory)
+    backend.configure_process(FLAGS.keep_freed_memory, FLAGS.cpu_devices)
     try:
         multi_process = distributed.initialize(distributed.ProcessFlags(
             FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id))

@@ -88,7 +88,8 @@ def test_main_a_bad_path_is_one_line(args, expected, tmp_path):
     (['--config.totl_steps=3'], 'Did you mean "total_steps" instead of "totl_steps"?'),
     (['--config.batch_size=many'], "--config.batch_size=many: invalid literal for int()"),
     (['--config.model.name=resnet51'], "ConfigError: model.name='resnet51' is unknown"),
-], ids=['unknown flag', 'misspelt override', 'wrong type', 'bad value'])
+    (['--cpu_devices=-1'], 'flag --cpu_devices=-1: -1 is not a non-negative integer'),
+], ids=['unknown flag', 'misspelt override', 'wrong type', 'bad value', 'cpu devices'])
 def test_main_a_bad_flag_is_one_line(args, expected, tmp_path):
     assert_one_line_error(main(*SMOKE, '--workdir', str(tmp_path / 'run'), *args), expected)
 
@@ -123,15 +124,17 @@ def test_main_an_undecodable_image_streamed_names_the_file(tmp_path, broken):
 
 
 @pytest.mark.parametrize('module, args, expected', [
-    ('summary', ['--model', 'resnet51'], "error: unknown model 'resnet51'"),
-    ('summary', ['--config', 'experiments/nope.py'],
+    ('models.summary', ['--model', 'resnet51'], "error: unknown model 'resnet51'"),
+    ('models.summary', ['--config', 'experiments/nope.py'],
      "error: config file 'experiments/nope.py' does not exist"),
-    ('summary', ['--model', 'resnet50', '--variant', 'v3'], "argument --variant: invalid choice"),
-    ('benchmark', ['--config', 'experiments/nope.py'],
+    ('models.summary', ['--model', 'resnet50', '--variant', 'v3'],
+     'argument --variant: invalid choice'),
+    ('training.benchmark', ['--config', 'experiments/nope.py'],
      "error: config file 'experiments/nope.py' does not exist"),
-    ('benchmark', ['--config', 'experiments/smoke.py', '--steps', 'two'],
+    ('training.benchmark', ['--config', 'experiments/smoke.py', '--steps', 'two'],
      "argument --steps: invalid int value: 'two'"),
-    ('benchmark', ['--config', 'experiments/smoke.py', '--json', '/no/such/dir/out.json'],
+    ('training.benchmark',
+     ['--config', 'experiments/smoke.py', '--json', '/no/such/dir/out.json'],
      'error: --json /no/such/dir/out.json: the folder /no/such/dir does not exist'),
 ], ids=['summary model', 'summary config', 'summary flag', 'benchmark config',
         'benchmark flag', 'benchmark json'])

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from resnet_jax import models, pretrained
-from resnet_jax.backend.cpu.kernels import native
+from resnet_jax import backend, models, pretrained
 from resnet_jax.models import summary
 from resnet_jax.paper import studies
 
@@ -91,7 +90,7 @@ def cpu_model_name() -> str:
                 break
     except OSError:
         pass
-    isa = native.host_isa()
+    isa = backend.host_cpu_isa()
     return f'{name}, {os.cpu_count()} cores' + (f', {isa}' if isa else '')
 
 

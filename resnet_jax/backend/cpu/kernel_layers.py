@@ -18,10 +18,10 @@ import logging
 
 import jax.numpy as jnp
 
+from resnet_jax.backend.cpu import KERNEL_CHOICES as CHOICES
 from resnet_jax.backend.cpu.kernels import batchnorm, conv, native, pooling
 from resnet_jax.models.layers import XLA_LAYERS, Conv, FusingBatchNorm, Layers, fused_norm_relu
 
-CHOICES = ('auto', 'kernels', 'conv', 'xla')
 # Instruction sets (native.ISAS) on which 'auto' picks the kernels.
 TUNED = ('avx512',)
 # The CPU kinds, (vendor, bfloat16 instructions of native.BF16_ISAS), on which the bfloat16
