@@ -51,7 +51,10 @@ DEFAULT_CASES = ('experiments/cifar10.py:resnet20@128', 'experiments/cifar10.py:
 
 
 def _jax_worker(config_spec: str, batch_size: int, dtype: str, cpu_kernels: str):
-    from resnet_jax.training import benchmark
+    try:
+        from resnet_jax.training import benchmark
+    except ImportError:  # a `jax@CHECKOUT` from before the package was grouped by role
+        from resnet_jax import benchmark
 
     config = benchmark.load_config(config_spec, batch_size, dtype)
     config.cpu_kernels = cpu_kernels

@@ -29,7 +29,10 @@ import sys
 import resnet_jax
 assert resnet_jax.__file__.startswith(sys.argv[2]), resnet_jax.__file__
 from resnet_jax import backend
-from resnet_jax.training import benchmark
+try:
+    from resnet_jax.training import benchmark
+except ImportError:  # a checkout from before the package was grouped by role
+    from resnet_jax import benchmark
 backend.configure_process()
 spec, batch = sys.argv[1].rsplit('@', 1)
 benchmark.build_steps(benchmark.load_config(spec, int(batch), 'float32'))
