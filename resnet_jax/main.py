@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import backend, configs, packages
+from resnet_jax import backend, configs, packages, user_cache
 from resnet_jax.inputs import arrays
 from resnet_jax.parallel import distributed
 from resnet_jax.pretrained import init_from
@@ -40,9 +40,7 @@ backend.define_process_flags(FLAGS)  # --cpu_devices, --keep_freed_memory
 flags.DEFINE_string(
     'compilation_cache_dir',
     # JAX's own variable where it is set (tests share one cache with the jobs they start).
-    os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-        os.environ.get('XDG_CACHE_HOME') or os.path.join('~', '.cache'), 'resnet_jax',
-        'jax_compilation'),
+    os.environ.get('JAX_COMPILATION_CACHE_DIR') or str(user_cache.root() / 'jax_compilation'),
     "JAX's persistent compilation cache, so that a second start of the same experiment "
     'skips compiling; empty disables it.')
 

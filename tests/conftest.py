@@ -3,6 +3,8 @@
 import os
 import pathlib
 
+from resnet_jax import user_cache  # (imports no JAX)
+
 # Before JAX is imported anywhere: data-parallel code paths run on 2 devices in every test.
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
@@ -13,9 +15,8 @@ os.environ['XLA_FLAGS'] = (
 # train and eval steps, and a hit skips XLA's compile. The cache is keyed by the program,
 # the compiler options and the versions, so a hit is the same executable a compile gives;
 # a clean machine (CI) starts empty.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(
-    pathlib.Path(os.environ.get('XDG_CACHE_HOME', pathlib.Path.home() / '.cache'))
-    / 'resnet_jax' / 'test_compilation'))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      str(user_cache.root() / 'test_compilation'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pytest  # noqa: E402

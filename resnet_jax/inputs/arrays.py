@@ -6,8 +6,8 @@ imported lazily, only to read a tfds-prepared cifar10.
 
 Decoding the 60,000 CIFAR-10 JPEGs takes several seconds (the cost is PIL's per-file
 Python overhead, not the decode, so a thread pool does not help). Large image folders
-are therefore cached once as an uncompressed .npz under $RESNET_JAX_CACHE_DIR
-(default ~/.cache/resnet_jax), keyed by the folder's path and a cheap fingerprint.
+are therefore cached once as an uncompressed .npz under $RESNET_JAX_CACHE_DIR (default:
+the user cache, `~/.cache/resnet_jax`), keyed by the folder's path and a cheap fingerprint.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from resnet_jax import file_lock, packages
+from resnet_jax import file_lock, packages, user_cache
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog
 CIFAR10_IMAGE_SHAPE = (32, 32, 3)
 DATA_DIR_ENV = 'RESNET_JAX_DATA_DIR'
 CACHE_DIR_ENV = 'RESNET_JAX_CACHE_DIR'
-DEFAULT_CACHE_DIR = '~/.cache/resnet_jax'
 EVAL_SPLIT_FOLDERS = ('test', 'val', 'validation')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.tif', '.tiff', '.webp')
 
@@ -447,7 +446,7 @@ def _cache_path(root: str, listing: ImageFolderListing, image_size: int | None) 
     """Where the decoded arrays of this version of the folder are cached (None: no cache)."""
     if listing.fingerprint['files'] < _CACHE_MIN_FILES:
         return None
-    cache_dir = os.path.expanduser(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+    cache_dir = os.path.expanduser(os.environ.get(CACHE_DIR_ENV) or user_cache.root())
     key = json.dumps([_CACHE_VERSION, root, listing.fingerprint, image_size], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return os.path.join(os.path.abspath(cache_dir), f'{os.path.basename(root)}-{digest}.npz')

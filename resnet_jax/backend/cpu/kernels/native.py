@@ -4,8 +4,8 @@ The sources ship with the package and are compiled into one library on first use
 the system's C++ compiler (`$CXX`, else `c++`) for this CPU (`-march=native`, or the target
 `$RESNET_JAX_KERNEL_MARCH` names), against the
 XLA FFI headers of the installed jaxlib. The library is cached under
-`$RESNET_JAX_KERNEL_CACHE` (default `~/.cache/resnet_jax/kernels`), keyed by the sources,
-compiler, flags, jaxlib and CPU, so a later start, or another process, loads it in
+`$RESNET_JAX_KERNEL_CACHE` (default: `kernels/` of `resnet_jax.user_cache`), keyed by
+the sources, compiler, flags, jaxlib and CPU, so a later start, or another process, loads it in
 milliseconds. Nothing is built on GPU or TPU hosts unless asked for."""
 
 import ctypes
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import jaxlib
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import file_lock
+from resnet_jax import file_lock, user_cache
 
 _HERE = Path(__file__).parent
 SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc', _HERE / 'pooling.cc')
@@ -61,8 +61,7 @@ class KernelBuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'resnet_jax'
-    return Path(os.environ.get('RESNET_JAX_KERNEL_CACHE', default / 'kernels'))
+    return Path(os.environ.get('RESNET_JAX_KERNEL_CACHE') or user_cache.root() / 'kernels')
 
 
 def _compiler() -> str:
