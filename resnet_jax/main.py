@@ -11,7 +11,6 @@ VMs, or given explicitly with `--num_processes`, `--process_id` and
 `--coordinator_address` (see resnet_jax/parallel/distributed.py).
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -19,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from resnet_jax import backend, configs, packages, user_cache
+from resnet_jax import backend, cli, configs, packages, user_cache
 from resnet_jax.inputs import arrays
 from resnet_jax.parallel import distributed
 from resnet_jax.pretrained import init_from
@@ -45,17 +44,6 @@ flags.DEFINE_string(
     'skips compiling; empty disables it.')
 
 
-def _last_line(error: Exception) -> str:
-    """What an error says, on one line: a traceback or a list of attempts ends with it."""
-    while error.args and isinstance(error.args[0], Exception):  # ml_collections wraps
-        error = error.args[0]
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if isinstance(error, KeyError):  # a misspelt override: the name, then a suggestion
-        return ' '.join(lines)
-    return lines[-1] if lines else type(error).__name__
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a config file that fails to load as a one-line error.
 
@@ -67,9 +55,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         argv = FLAGS(argv)
         FLAGS.config.keys()
     except flags.Error as error:
-        _fail(f'FATAL Flags parsing error: {_last_line(error)}')
+        _fail(f'FATAL Flags parsing error: {cli.error_line(error)}')
     except Exception as error:  # noqa: BLE001 - whatever the config file raises
-        _fail(f'FATAL Flags parsing error: --config: {_last_line(error)}')
+        _fail(f'FATAL Flags parsing error: --config: {cli.error_line(error)}')
     return argv
 
 
@@ -81,9 +69,7 @@ def _fail(line: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-    # Orbax logs every step of every save at INFO; keep its warnings and errors only.
-    logging.get_absl_handler().addFilter(
-        lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+    cli.quiet_orbax_logs()
     # Before any other JAX call: the backends start with the first device query.
     backend.configure_process(FLAGS.keep_freed_memory, FLAGS.cpu_devices)
     try:

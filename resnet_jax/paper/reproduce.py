@@ -39,8 +39,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from resnet_jax import configs, pretrained
-from resnet_jax.main import _last_line
+from resnet_jax import cli, configs, pretrained
 from resnet_jax.paper import results_table, studies
 from resnet_jax.runs import checkpoint, preemption
 
@@ -102,7 +101,7 @@ def build_config(spec: str, overrides: Sequence[str]):
         config = values.config
         config.keys()
     except Exception as error:  # noqa: BLE001 - whatever flags or the config raise
-        raise StudyError(_last_line(error)) from None
+        raise StudyError(cli.error_line(error)) from None
     try:
         configs.validate_config(config)
     except configs.ConfigError as error:
@@ -160,7 +159,7 @@ def plan(args: argparse.Namespace, overrides: Sequence[str]) -> list[Run]:
     try:
         valid = studies.model_names(args.experiment)
     except (OSError, ValueError) as error:
-        raise StudyError(f'--experiment={args.experiment}: {_last_line(error)}') from None
+        raise StudyError(f'--experiment={args.experiment}: {cli.error_line(error)}') from None
     unknown = [m for m in models if m not in valid]
     if unknown or not models:
         where = 'in --models' if args.models is not None else \
