@@ -33,8 +33,9 @@ def _bfloat16_ready() -> bool:
 
 needs_bf16_tiles = pytest.mark.skipif(
     not _bfloat16_ready(),
-    reason='this CPU has no bfloat16 instructions the kernels use '
-           f'({", ".join(native.BF16_ISAS)}); its kernels have no bfloat16 tiles')
+    reason='the kernels were built without bfloat16 tiles: this CPU lacks the instructions '
+           f'they use ({", ".join(native.BF16_ISAS)}), or $RESNET_JAX_KERNEL_MARCH names a '
+           'target without them')
 
 
 def _normal(key, shape):
