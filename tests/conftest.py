@@ -3,21 +3,24 @@
 import os
 import pathlib
 
+import suite_flags
+
 from resnet_jax import user_cache  # (imports no JAX)
 
-# Before JAX is imported anywhere: data-parallel code paths run on 2 devices in every test.
-os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2').strip()
+# Before JAX is imported anywhere: 2 simulated devices, fast compiles (tests/suite_flags.py).
+os.environ['XLA_FLAGS'] = suite_flags.with_suite_flags(os.environ.get('XLA_FLAGS', ''))
 
 # One persistent compilation cache, shared by this process, pytest-xdist's workers and the
 # subprocesses that inherit the environment, and kept between sessions as the main job
 # keeps its own (~/.cache/resnet_jax/jax_compilation): many tests compile the same small
 # train and eval steps, and a hit skips XLA's compile. The cache is keyed by the program,
 # the compiler options and the versions, so a hit is the same executable a compile gives;
-# a clean machine (CI) starts empty.
+# a clean machine (CI) starts empty. Every compile is kept, however short (JAX keeps those
+# over 1 s): a tiny run's many small programs (its init, eval step, checkpoint slices) cost
+# more to compile than to read back (a tiny main job, cache warm: 5.5 s -> 3.3 s).
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       str(user_cache.root() / 'test_compilation'))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import pytest  # noqa: E402
 import tiny_config as tiny_config_file  # noqa: E402

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import suite_flags
 
 from resnet_jax.training import benchmark
 
@@ -114,7 +115,8 @@ def _has_torch() -> bool:
 def test_gpu_benchmark_script_runs_small_on_a_cpu(tmp_path):
     """benchmarks/gpu_benchmark.sh with SMALL=1: every JAX case of the GPU run, shrunk, on
     the CPU, each writing its figures (the script runs on a GPU only when one is at hand)."""
-    env = {**os.environ, 'SMALL': '1', 'SKIP_F32': '1', 'OUTPUT': str(tmp_path),
+    env = {**suite_flags.user_environment(devices=2), 'SMALL': '1', 'SKIP_F32': '1',
+           'OUTPUT': str(tmp_path),
            'PATH': f'{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
     done = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_benchmark.sh')], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)

@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import pytest
+import suite_flags
 from jax import lax
 from rounding import assert_equal_up_to_rounding, train_step_terms
 
@@ -297,8 +298,8 @@ def test_concurrent_kernel_calls_do_not_wait_for_each_other():
     """Each call offers work to XLA's thread pool and must finish when every pool thread is
     busy with another operation (XLA runs independent ones side by side): it then does the
     work alone. Waiting for its helpers instead hung this ResNet-50 step."""
-    result = subprocess.run([sys.executable, '-c', TINY_RESNET50_STEPS],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, '-c', TINY_RESNET50_STEPS], capture_output=True,
+                            text=True, timeout=300, env=suite_flags.user_environment(devices=2))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith('done')
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import suite_flags
 from rounding import assert_equal_up_to_rounding, assert_moved_beyond, train_step_terms
 
 from resnet_jax.parallel import distributed
@@ -44,7 +45,7 @@ def _free_port() -> int:
 
 
 def _start(workdir, devices: int, *extra, run=TINY_RUN) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+    env = dict(os.environ, XLA_FLAGS=suite_flags.xla_flags(devices),
                JAX_PLATFORMS='cpu')
     return subprocess.Popen(
         [sys.executable, '-m', 'resnet_jax.main', *run, '--workdir', str(workdir),

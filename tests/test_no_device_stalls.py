@@ -15,6 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import suite_flags
 
 from resnet_jax import parallel
 
@@ -48,7 +49,7 @@ print('evaluated', final['top1_accuracy'])
 def test_slow_kernels_on_two_devices_finish(tmp_path):
     env = {**os.environ, 'RESNET_JAX_KERNEL_DELAY_MS': '20',
            # A stall then fails in 20 s instead of XLA's default 40.
-           'XLA_FLAGS': '--xla_force_host_platform_device_count=2 '
+           'XLA_FLAGS': f'{suite_flags.xla_flags(2)} '
                         '--xla_cpu_collective_call_terminate_timeout_seconds=20'}
     result = subprocess.run([sys.executable, '-c', SLOW_KERNELS_RUN, str(tmp_path / 'run')],
                             capture_output=True, text=True, timeout=600, env=env)

@@ -7,7 +7,6 @@ device, as a user's run has).
 """
 
 import json
-import os
 import pathlib
 import re
 import shlex
@@ -16,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from suite_flags import user_environment
 
 from resnet_jax.inputs import arrays
 
@@ -74,13 +74,6 @@ def main_job(cifar10_cache_dir, monkeypatch):
         workdirs = (REPO / workdir).parent
         if workdirs != REPO and workdirs.is_dir() and not any(workdirs.iterdir()):
             workdirs.rmdir()
-
-
-def user_environment() -> dict[str, str]:
-    """This environment without the suite's 2 simulated devices: one, as on a user's CPU."""
-    flags = os.environ.get('XLA_FLAGS', '').split()
-    return dict(os.environ, XLA_FLAGS=' '.join(
-        f for f in flags if not f.startswith('--xla_force_host_platform_device_count')))
 
 
 @pytest.mark.slow
