@@ -8,7 +8,7 @@ import suite_flags
 from resnet_jax import user_cache  # (imports no JAX)
 
 # Before JAX is imported anywhere: 2 simulated devices, fast compiles (tests/suite_flags.py).
-os.environ['XLA_FLAGS'] = suite_flags.with_suite_flags(os.environ.get('XLA_FLAGS', ''))
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {suite_flags.xla_flags()}".strip()
 
 # One persistent compilation cache, shared by this process, pytest-xdist's workers and the
 # subprocesses that inherit the environment, and kept between sessions as the main job
@@ -17,7 +17,7 @@ os.environ['XLA_FLAGS'] = suite_flags.with_suite_flags(os.environ.get('XLA_FLAGS
 # the compiler options and the versions, so a hit is the same executable a compile gives;
 # a clean machine (CI) starts empty. Every compile is kept, however short (JAX keeps those
 # over 1 s): a tiny run's many small programs (its init, eval step, checkpoint slices) cost
-# more to compile than to read back (a tiny main job, cache warm: 5.5 s -> 3.3 s).
+# more to compile than to read back (docs/performance.md).
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       str(user_cache.root() / 'test_compilation'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')

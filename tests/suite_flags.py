@@ -4,12 +4,10 @@ with XLA_FLAGS of their own take them from here.
 
 - 2 simulated CPU devices: data-parallel code paths run in every test.
 - LLVM at -O0 (`--xla_backend_optimization_level=0`): the suite compiles hundreds of small
-  programs and runs each a few times, so XLA:CPU's compile time is most of its cost; at
-  -O0 a tiny train step compiles in 1.4 s instead of 2.2, and the in-process tests that
-  train ResNet-20 on real CIFAR-10 take no longer (the convolutions and BatchNorm are the
-  C++ kernels, which LLVM does not compile). docs/performance.md has the measurements.
-  The tests that time or run large models as a user does (the README's main job, the
-  ResNet-50 steps) run without it: `user_environment()`.
+  programs and runs each a few times, so compiling them faster matters more than running
+  them faster (docs/performance.md has the measurements, and where -O0 costs compute).
+  The tests that run large models as a user does (the README's main job, the GPU
+  benchmark script, the ResNet-50 steps) run without it: `user_environment()`.
 """
 
 import os
@@ -21,11 +19,6 @@ FAST_COMPILE_FLAG = '--xla_backend_optimization_level=0'
 def xla_flags(devices: int = 2) -> str:
     """XLA_FLAGS of a test process with `devices` simulated CPU devices."""
     return f'{DEVICES_FLAG}={devices} {FAST_COMPILE_FLAG}'
-
-
-def with_suite_flags(flags: str) -> str:
-    """`flags` (a user's XLA_FLAGS) followed by the suite's."""
-    return f'{flags} {xla_flags()}'.strip()
 
 
 def user_environment(devices: int | None = None) -> dict[str, str]:

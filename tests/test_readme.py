@@ -2,8 +2,8 @@
 
 The command is read out of README.md when the test runs (never copied here), run from the
 repository root with its relative workdir and data path; only overrides that shorten the
-run are appended, in this environment without the suite's simulated devices (one CPU
-device, as a user's run has).
+run are appended, in this environment without the suite's XLA flags (one CPU device and
+XLA's default optimisation, as a user's run has).
 """
 
 import json
