@@ -28,6 +28,15 @@ import tiny_config as tiny_config_file  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that hold end-to-end (`slow`) tests first, in their order: pytest-xdist
+    hands out whole files in this order, so the short files come last and the workers
+    finish together (by default it starts with the files of the most tests, which left one
+    worker alone with the README job at the end)."""
+    end_to_end = {item.path for item in items if item.get_closest_marker('slow')}
+    items.sort(key=lambda item: item.path not in end_to_end)
+
+
 @pytest.fixture(scope='session')
 def cifar10_dir() -> pathlib.Path:
     """The real CIFAR-10 image folder: $RESNET_JAX_CIFAR10_DIR or ../shared/data/cifar10-jpeg.

@@ -2,6 +2,7 @@
 trained by the main job, and rebuilt from the workdir wherever it goes."""
 
 import json
+import logging
 import shutil
 
 import jax
@@ -11,7 +12,8 @@ import pytest
 from model_dirs import REPO, run_module
 
 from resnet_jax import configs, models, pretrained
-from resnet_jax.paper import reproduce
+from resnet_jax.paper import layer_responses, reproduce
+from resnet_jax.training import train
 
 SE = str(REPO / 'experiments' / 'se_resnet.py')
 TINY = ['--config.dataset=synthetic', '--config.num_classes=4', '--config.image_size=8',
@@ -59,16 +61,18 @@ def test_a_study_runs_the_models_of_another_experiment_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path):
+def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path, caplog):
+    """The study runs as a user runs it (a process that starts the main job's); the steps
+    after it run in this process, each parsing its command line as the main job does."""
     study = run_module('resnet_jax.paper.reproduce', 'cifar10', '--experiment', SE, '--models',
                        'resnet20', '--workdir', str(tmp_path / 'study'), *TINY[:-1])
     assert study.returncode == 0, study.stderr[-3000:]
     assert 'resnet20' in (tmp_path / 'study' / 'results.md').read_text()
     workdir = tmp_path / 'study' / 'resnet20_paper_seed0'
     assert (workdir / 'blocks' / 'se_resnet.py').read_text() == (REPO / SE).read_text()
-    config = ['--config', f'{SE}:resnet20', '--workdir', str(workdir), *TINY[:-1]]
-    result = run_module('resnet_jax.main', *config, '--config.total_steps=4')
-    assert result.returncode == 0 and 'Resumed from the checkpoint of step 2' in result.stderr
+    caplog.set_level(logging.INFO)
+    train.train_and_evaluate(main_config(*TINY[:-1], '--config.total_steps=4'), str(workdir))
+    assert 'Resumed from the checkpoint of step 2' in caplog.text
 
     # Moved where the experiment file is not: the workdir's copy rebuilds the model.
     moved = tmp_path / 'moved'
@@ -84,15 +88,18 @@ def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path
     np.testing.assert_array_equal(model.apply(variables, images, train=False),
                                   original.apply(variables, images, train=False))
 
-    responses = run_module('resnet_jax.paper.layer_responses', str(moved), '-o',
-                           str(tmp_path / 'responses.png'), '--json', str(tmp_path / 'r.json'))
-    assert responses.returncode == 0, responses.stderr[-3000:]
+    assert layer_responses.main([str(moved), '-o', str(tmp_path / 'responses.png'),
+                                 '--json', str(tmp_path / 'r.json')]) == 0
     layers = json.loads((tmp_path / 'r.json').read_text())['runs'][0]['layers']
     assert len(layers) == 18  # ResNet-20: 9 blocks of 2 3x3 layers
-    fine_tune = run_module('resnet_jax.main', '--config', f'{SE}:resnet20', '--workdir',
-                           str(tmp_path / 'fine_tuned'), *TINY[:-1],
-                           f'--config.init_from={moved}')
-    assert fine_tune.returncode == 0 and 'Initialised from' in fine_tune.stderr
+    train.train_and_evaluate(main_config(*TINY[:-1], f'--config.init_from={moved}'),
+                             str(tmp_path / 'fine_tuned'))
+    assert 'Initialised from' in caplog.text
+
+
+def main_config(*overrides: str):
+    """The config of `python -m resnet_jax.main --config SE:resnet20 OVERRIDES...`."""
+    return reproduce.build_config(f'{SE}:resnet20', overrides)
 
 
 def test_a_study_run_saved_before_model_block_existed_is_the_same_config(tmp_path):
