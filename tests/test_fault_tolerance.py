@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import namedtuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from stopping import signal_when_logged
 
 from resnet_jax.runs import checkpoint, preemption, workdir
 from resnet_jax.training import train
@@ -44,18 +44,8 @@ def start_and_signal(workdir, at_step: int | None, signum: int, command=COMMAND,
                      at_line: str | None = None):
     """Starts the job and sends `signum` once it has logged `at_step` (or a line holding
     `at_line`); returns the result."""
-    process = subprocess.Popen([*command, f'--workdir={workdir}'], cwd=REPO,
-                               stderr=subprocess.PIPE, text=True)
-    lines = []
-    marker = at_line or f'step {at_step}/{TOTAL}'
-    for line in process.stderr:
-        lines.append(line)
-        if marker in line:
-            process.send_signal(signum)
-            break
-    rest = process.stderr.read()
-    process.wait(timeout=120)
-    return namedtuple('Run', 'returncode stderr')(process.returncode, ''.join(lines) + rest)
+    return signal_when_logged([*command, f'--workdir={workdir}'],
+                              at_line or f'step {at_step}/{TOTAL}', signum, cwd=REPO)
 
 
 def final_arrays(workdir):

@@ -11,18 +11,22 @@ import pathlib
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
+from stopping import signal_when_logged
 from suite_flags import user_environment
 
 from resnet_jax.inputs import arrays
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# Shorter, and nothing else: 6 steps, a checkpoint every 3, a log line every 3.
-SHORTEN = ['--config.total_steps=6', '--config.checkpoint_every_steps=3',
-           '--config.log_every_steps=3', '--config.eval_every_steps=0']
+# Shorter, and nothing else: 8 steps, a log line after each; the only checkpoints are the
+# one SIGTERM makes and the last.
+TOTAL = 8
+SHORTEN = [f'--config.total_steps={TOTAL}', f'--config.checkpoint_every_steps={TOTAL}',
+           '--config.log_every_steps=1', '--config.eval_every_steps=0']
 
 
 def readme_main_job() -> list[str]:
@@ -77,25 +81,31 @@ def main_job(cifar10_cache_dir, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_readme_main_job_trains_saves_evaluates_and_resumes(main_job):
+def test_the_readme_main_job_stops_on_sigterm_and_the_same_command_resumes_it(main_job):
+    """What README.md says of it: SIGTERM saves a checkpoint within about two steps and
+    exits with status 143; the same command again resumes from it, trains each step once,
+    saves and evaluates on the test split."""
     command, workdir = main_job
-    first = subprocess.run([*command, *SHORTEN], cwd=REPO, env=user_environment(),
-                           capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()) == [3, 6]
-    records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-    assert [r['step'] for r in records if 'train/loss' in r] == [3, 6]
-    final = json.loads((workdir / 'final_eval.json').read_text())
-    assert (final['step'], final['split']) == (6, 'test')
-    assert 0 <= final['top1_accuracy'] <= 1 and final['top1_accuracy'] <= final['top5_accuracy']
-    assert json.loads((workdir / 'config.json').read_text())['total_steps'] == 6
+    stopped = signal_when_logged([*command, *SHORTEN], f'step 2/{TOTAL}', signal.SIGTERM,
+                                 timeout=600, cwd=REPO, env=user_environment())
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    (saved,) = checkpoint_steps(workdir)
+    assert 2 <= saved <= 4, stopped.stderr[-3000:]
+    assert not (workdir / 'final_eval.json').exists()
 
     again = subprocess.run([*command, *SHORTEN], cwd=REPO, env=user_environment(),
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert 'Resumed from the checkpoint of step 6.' in again.stderr
-    assert re.search(r'steps 6 -> 6\.', again.stderr), again.stderr[-3000:]
-    # Nothing trained twice, and the same state evaluates to the same numbers.
+    assert f'Resumed from the checkpoint of step {saved}.' in again.stderr
+    assert re.search(rf'steps {saved} -> {TOTAL}\.', again.stderr), again.stderr[-3000:]
+    assert checkpoint_steps(workdir) == [saved, TOTAL]
     records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-    assert [r['step'] for r in records if 'train/loss' in r] == [3, 6]
-    assert json.loads((workdir / 'final_eval.json').read_text()) == final
+    assert [r['step'] for r in records if 'train/loss' in r] == list(range(1, TOTAL + 1))
+    final = json.loads((workdir / 'final_eval.json').read_text())
+    assert (final['step'], final['split']) == (TOTAL, 'test')
+    assert 0 <= final['top1_accuracy'] <= 1 and final['top1_accuracy'] <= final['top5_accuracy']
+    assert json.loads((workdir / 'config.json').read_text())['total_steps'] == TOTAL
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir())
