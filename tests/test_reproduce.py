@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from model_dirs import assert_one_line_error
 from rounding import assert_equal_up_to_rounding
+from stopping import signal_when_logged
 
 from resnet_jax import models
 from resnet_jax.paper import layer_responses, plot, results_table, studies
@@ -48,17 +49,8 @@ def study(tmp_path_factory):
     """The study's directory and the output of its three invocations."""
     directory = tmp_path_factory.mktemp('study')
     # 1: stopped by SIGTERM during the first run, once that run has logged step 3.
-    process = subprocess.Popen(study_command(directory), cwd=REPO, stderr=subprocess.PIPE,
-                               text=True)
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        if f'step 3/{TOTAL}' in line:
-            process.send_signal(signal.SIGTERM)
-            break
-    lines.append(process.stderr.read())
-    process.wait(timeout=120)
-    stopped = (process.returncode, ''.join(lines))
+    stopped = signal_when_logged(study_command(directory), f'step 3/{TOTAL}', signal.SIGTERM,
+                                 cwd=REPO)
     # 2: resumes the first run while it runs the second; 3: finds both finished.
     resumed = subprocess.run(study_command(directory, '--parallel', '2'), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
