@@ -9,8 +9,8 @@ with XLA_FLAGS of their own take them from here.
   (`--xla_cpu_use_fusion_emitters=false`) where this jaxlib still has it (an unknown flag
   aborts XLA, so the first test process asks a child process once). docs/performance.md
   has the measurements, and where -O0 costs compute.
-  The tests that run large models as a user does (the README's main job, the GPU
-  benchmark script, the ResNet-50 steps) run without them: `user_environment()`.
+  The tests that run large models as a user does (the README's main job, the ResNet-50
+  steps) run without them: `user_environment()`.
 """
 
 import os

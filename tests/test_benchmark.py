@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-import suite_flags
 
 from resnet_jax.training import benchmark
 
@@ -114,8 +113,10 @@ def _has_torch() -> bool:
 @pytest.mark.slow
 def test_gpu_benchmark_script_runs_small_on_a_cpu(tmp_path):
     """benchmarks/gpu_benchmark.sh with SMALL=1: every JAX case of the GPU run, shrunk, on
-    the CPU, each writing its figures (the script runs on a GPU only when one is at hand)."""
-    env = {**suite_flags.user_environment(devices=2), 'SMALL': '1', 'SKIP_F32': '1',
+    the CPU, each writing its figures (the script runs on a GPU only when one is at hand).
+    It checks the script, not a CPU's speed: the suite's XLA flags, which halve the
+    compile of its ResNet-50."""
+    env = {**os.environ, 'SMALL': '1', 'SKIP_F32': '1',
            'OUTPUT': str(tmp_path),
            'PATH': f'{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
     done = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_benchmark.sh')], cwd=REPO,
