@@ -92,8 +92,9 @@ def test_a_study_trains_it_and_the_workdir_rebuilds_it_wherever_it_goes(tmp_path
                                  '--json', str(tmp_path / 'r.json')]) == 0
     layers = json.loads((tmp_path / 'r.json').read_text())['runs'][0]['layers']
     assert len(layers) == 18  # ResNet-20: 9 blocks of 2 3x3 layers
-    train.train_and_evaluate(main_config(*TINY[:-1], f'--config.init_from={moved}'),
-                             str(tmp_path / 'fine_tuned'))
+    # The resume's length: the same train step, read from the compilation cache.
+    fine_tune = main_config(*TINY[:-1], '--config.total_steps=4', f'--config.init_from={moved}')
+    train.train_and_evaluate(fine_tune, str(tmp_path / 'fine_tuned'))
     assert 'Initialised from' in caplog.text
 
 
