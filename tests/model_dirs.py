@@ -80,10 +80,11 @@ def shapes_only_state_dict(name: str, num_classes: int = 1000) -> dict:
     return torchvision_weights.to_state_dict(zeros)
 
 
-def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repository root."""
+def run_module(module: str, *args: str, timeout: int = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root (in `env`, else this one's)."""
     return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, expected: str,

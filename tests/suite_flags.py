@@ -32,7 +32,7 @@ def fast_compile_flags() -> tuple[str, ...]:
             [sys.executable, '-c', 'import jax; jax.devices()'], capture_output=True,
             env=dict(os.environ, XLA_FLAGS=FUSION_EMITTERS_FLAG, JAX_PLATFORMS='cpu'),
         ).returncode == 0
-        decided = ' '.join((OPTIMIZATION_FLAG, *[FUSION_EMITTERS_FLAG] * accepted))
+        decided = f'{OPTIMIZATION_FLAG} {FUSION_EMITTERS_FLAG}' if accepted else OPTIMIZATION_FLAG
         os.environ[_DECIDED] = decided
     return tuple(decided.split())
 

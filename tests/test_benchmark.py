@@ -116,8 +116,7 @@ def test_gpu_benchmark_script_runs_small_on_a_cpu(tmp_path):
     the CPU, each writing its figures (the script runs on a GPU only when one is at hand).
     It checks the script, not a CPU's speed: the suite's XLA flags, which halve the
     compile of its ResNet-50."""
-    env = {**os.environ, 'SMALL': '1', 'SKIP_F32': '1',
-           'OUTPUT': str(tmp_path),
+    env = {**os.environ, 'SMALL': '1', 'SKIP_F32': '1', 'OUTPUT': str(tmp_path),
            'PATH': f'{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
     done = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_benchmark.sh')], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)

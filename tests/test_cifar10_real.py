@@ -14,31 +14,25 @@ than it compiles.
 """
 
 import json
-import pathlib
-import subprocess
-import sys
 import time
 
 import pytest
+from model_dirs import run_module
 from suite_flags import user_environment
 
 from resnet_jax.inputs import arrays
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
 
 @pytest.mark.slow
 def test_resnet20_learns_from_real_cifar10(cifar10_dir, cifar10_cache_dir, tmp_path):
-    command = [sys.executable, '-m', 'resnet_jax.main', '--config',
-               'experiments/cifar10.py:resnet20', '--workdir', str(tmp_path),
-               f'--config.data_dir={cifar10_dir}', '--config.total_steps=80',
-               '--config.log_every_steps=40', '--config.eval_every_steps=0',
-               '--config.checkpoint_every_steps=80', '--config.validation_examples=2000',
-               '--config.eval_batch_size=1000']
     env = {**user_environment(devices=2), arrays.CACHE_DIR_ENV: str(cifar10_cache_dir)}
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = run_module(
+        'resnet_jax.main', '--config', 'experiments/cifar10.py:resnet20', '--workdir',
+        str(tmp_path), f'--config.data_dir={cifar10_dir}', '--config.total_steps=80',
+        '--config.log_every_steps=40', '--config.eval_every_steps=0',
+        '--config.checkpoint_every_steps=80', '--config.validation_examples=2000',
+        '--config.eval_batch_size=1000', timeout=600, env=env)
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((tmp_path / 'final_eval.json').read_text())
