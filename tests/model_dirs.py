@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from resnet_jax import configs, models, pretrained
 from resnet_jax.pretrained import torchvision_weights
@@ -85,6 +86,16 @@ def run_module(module: str, *args: str, timeout: int = 300,
     """`python -m module args...` from the repository root (in `env`, else this one's)."""
     return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def usage_error_in_process(parse, args: list[str], capsys) -> subprocess.CompletedProcess:
+    """What `parse(args)` (an argparse-based main or parser) exits with and prints, as the
+    process result assert_one_line_error reads. For the many bad-argument cases of a
+    command whose entry point one subprocess test already covers: no process each."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        parse(args)
+    return subprocess.CompletedProcess(args, exit_info.value.code, '', capsys.readouterr().err)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, expected: str,

@@ -5,6 +5,7 @@ Each entry point (`resnet_jax.main`, `resnet_jax.models.summary`, `resnet_jax.tr
 image that cannot be decoded. Image folders are generated in temporary directories.
 """
 
+import importlib
 import os
 import pathlib
 import subprocess
@@ -12,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from model_dirs import assert_one_line_error
+from model_dirs import assert_one_line_error, usage_error_in_process
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -123,6 +124,7 @@ def test_main_an_undecodable_image_streamed_names_the_file(tmp_path, broken):
 # ---------------------------------------------------------------- summary, benchmark
 
 
+# Each case in process (argparse exits before any work); the commands themselves, once each.
 @pytest.mark.parametrize('module, args, expected', [
     ('models.summary', ['--model', 'resnet51'], "error: unknown model 'resnet51'"),
     ('models.summary', ['--config', 'experiments/nope.py'],
@@ -138,8 +140,21 @@ def test_main_an_undecodable_image_streamed_names_the_file(tmp_path, broken):
      'error: --json /no/such/dir/out.json: the folder /no/such/dir does not exist'),
 ], ids=['summary model', 'summary config', 'summary flag', 'benchmark config',
         'benchmark flag', 'benchmark json'])
+def test_summary_and_benchmark_bad_input_is_a_usage_error(module, args, expected, capsys,
+                                                          monkeypatch):
+    monkeypatch.chdir(REPO)  # the config paths are relative, as a user in the repository types
+    main_function = importlib.import_module(f'resnet_jax.{module}').main
+    assert_one_line_error(usage_error_in_process(main_function, args, capsys), expected,
+                          returncode=2)
+
+
 @pytest.mark.slow
-def test_summary_and_benchmark_bad_input_is_a_usage_error(module, args, expected):
+@pytest.mark.parametrize('module, args, expected', [
+    ('models.summary', ['--model', 'resnet51'], "error: unknown model 'resnet51'"),
+    ('training.benchmark', ['--config', 'experiments/nope.py'],
+     "error: config file 'experiments/nope.py' does not exist"),
+], ids=['summary', 'benchmark'])
+def test_summary_and_benchmark_commands_exit_with_a_usage_error(module, args, expected):
     result = run([sys.executable, '-m', f'resnet_jax.{module}', *args])
     assert_one_line_error(result, expected, returncode=2)
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_dirs import assert_one_line_error
+from model_dirs import assert_one_line_error, usage_error_in_process
 from rounding import assert_equal_up_to_rounding
 from stopping import signal_when_logged
 
@@ -247,30 +247,35 @@ def test_the_sown_response_is_bn_of_the_conv_output_before_add_and_relu():
                                 terms=manual.size, steps=2)  # the mean, then the variance
 
 
-# Each case starts the command; the fast tier runs the first, the slow tier all.
+# Each case in process (the study's parser exits before any run); the command itself once.
 @pytest.mark.parametrize('args, expected', [
     pytest.param(['table7', '--workdir', 'W'],
                  "error: unknown study 'table7'; choose one of cifar10, degradation", id='study'),
     pytest.param(['cifar10', '--workdir', 'W', '--models', 'resnet20,resnet57'],
                  "error: unknown model 'resnet57' in --models; choose from resnet20",
-                 id='model', marks=pytest.mark.slow),
+                 id='model'),
     pytest.param(['cifar10', '--workdir', 'W', '--config.totl_steps=3'],
-                 'Did you mean "total_steps" instead of "totl_steps"?', id='override',
-                 marks=pytest.mark.slow),
+                 'Did you mean "total_steps" instead of "totl_steps"?', id='override'),
     pytest.param(['cifar10', '--workdir', 'W', '--config.seed=3'],
-                 'error: --config.seed=3: the study sets seed itself; use --seeds', id='seed',
-                 marks=pytest.mark.slow),
+                 'error: --config.seed=3: the study sets seed itself; use --seeds', id='seed'),
     pytest.param(['cifar10', '--workdir', 'W', '--config.total_steps=20'],
                  'error: eval_every_steps=4000 is longer than the run (20 steps); add '
-                 '--config.eval_every_steps=N', id='intervals', marks=pytest.mark.slow),
+                 '--config.eval_every_steps=N', id='intervals'),
     pytest.param(['cifar10', '--workdir', 'W', '--parallel', '0'],
-                 'error: --parallel=0: give 1 or more', id='parallel', marks=pytest.mark.slow),
+                 'error: --parallel=0: give 1 or more', id='parallel'),
 ])
-def test_a_bad_study_is_one_line_before_any_run(args, expected, tmp_path):
+def test_a_bad_study_is_one_line_before_any_run(args, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # the default --experiment is relative, as a user types it
     args = [str(tmp_path / 'study') if a == 'W' else a for a in args]
-    result = subprocess.run(reproduce(*args), cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+    result = usage_error_in_process(reproduce_module.parse_args, args, capsys)
     assert_one_line_error(result, expected, returncode=2)
+    assert not (tmp_path / 'study').exists()
+
+
+def test_the_study_command_exits_with_a_usage_error(tmp_path):
+    result = subprocess.run(reproduce('table7', '--workdir', str(tmp_path / 'study')),
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(result, "error: unknown study 'table7'", returncode=2)
     assert not (tmp_path / 'study').exists()
 
 
