@@ -44,7 +44,7 @@ def _normal(key, shape):
 
 @needs_bf16_tiles
 @pytest.mark.parametrize('shape, kernel_shape, stride', [
-    ((4, 9, 11, 16), (3, 3, 16, 32), 1),    # partly filled column blocks
+    ((5, 9, 11, 16), (3, 3, 16, 32), 1),    # partly filled column blocks; an odd batch
     pytest.param((2, 8, 8, 64), (3, 3, 64, 64), 1,  # several channel pairs, output vectors
                  marks=pytest.mark.slow),
     ((4, 16, 16, 3), (3, 3, 3, 16), 1),     # the CIFAR stem: 3 channels, padded to 4

@@ -35,8 +35,9 @@ namespace {
 using namespace resnet_jax;  // NOLINT: vfloat, kLanes, LoadVector, StoreVector, ParallelFor, ffi
 
 // A thread's zero-padded copy of some rows of one image: rows x cols pixels of c channels.
-// Only the interior is written per call, so the zero border is kept while the shape stays.
-template <typename T>
+// Only the interior is written per call, so the zero border is kept while the shape stays
+// (kernels that alternate on a thread with other shapes take another `Slot`).
+template <typename T, int Slot = 0>
 T* PaddedSlab(int64_t rows, int64_t cols, int64_t c) {
   thread_local std::vector<T> data;
   thread_local int64_t shape[3] = {-1, -1, -1};
@@ -490,32 +491,50 @@ inline void InterleavePairs(const uint16_t* a, const uint16_t* b, int64_t n, uin
   }
 }
 
-// Adds to the tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of `images` images, two
-// output columns at a time: `xs` holds each image's inputs at the tap's columns (2m, 2m+1)
-// in channel pairs, [slab rows][pairs][C][2], `x_step` apart, and `gs` the output
-// gradients likewise, [Ho][pairs][O][2], `g_step` apart. The tile stays in registers over
-// all of them (small feature maps have few pixels per image).
+// Input rows [r0, r1) of images `a` and `b` ([H, W, C] each; b null: zeros) side by side,
+// [rows][slab_cols][C][2], into a slab of pairs as FillSlab lays out one image.
+void FillPairedSlab(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W, int64_t C,
+                    int64_t r0, int64_t r1, int64_t pad, int64_t slab_cols, uint16_t* slab) {
+  for (int64_t r = r0; r < r1; ++r) {
+    uint16_t* dst = slab + ((r - r0) * slab_cols + pad) * C * 2;
+    if (r < 0 || r >= H) {
+      std::memset(dst, 0, W * C * 2 * sizeof(uint16_t));
+    } else {
+      InterleavePairs(a + r * W * C, b ? b + r * W * C : nullptr, W * C, dst);
+    }
+  }
+}
+
+// Adds to the tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of `pairs` pairs of images:
+// `xs` holds each pair's padded inputs, the two images' values side by side,
+// [slab rows][slab cols][C][2], `x_step` apart, and `gs` their output gradients likewise,
+// [Ho][Wo][O][2], `g_step` apart; each vdpbf16ps adds both images' products of a pixel.
+// The tile stays in registers over all of them (small feature maps have few pixels).
 template <int CB, int NO>
 void WeightGradTileBf16(const uint16_t* xs, int64_t x_step, const uint16_t* gs, int64_t g_step,
-                        int64_t images, int64_t pairs, int64_t stride, int64_t Ho, int64_t C,
-                        int64_t O, int64_t i, int64_t c0, int64_t o0, float* dk_tap) {
+                        int64_t pairs, int64_t slab_cols, int64_t stride, int64_t Ho,
+                        int64_t Wo, int64_t C, int64_t O, int64_t i, int64_t j, int64_t c0,
+                        int64_t o0, float* dk_tap) {
   __m512 acc[CB][NO];
   for (int c = 0; c < CB; ++c) {
     for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_loadu_ps(dk_tap + (c0 + c) * O + o0 + 16 * q);
   }
-  for (int64_t n = 0; n < images * Ho; ++n) {
-    const int64_t h = n % Ho;
-    const uint16_t* x_row = xs + (n / Ho) * x_step + (h * stride + i) * pairs * C * 2 + 2 * c0;
-    const uint16_t* g_row = gs + (n / Ho) * g_step + h * pairs * O * 2 + 2 * o0;
-    for (int64_t m = 0; m < pairs; ++m) {
-      __m512bh g[NO];
-      for (int q = 0; q < NO; ++q) {
-        g[q] = (__m512bh)_mm512_loadu_si512(g_row + m * O * 2 + 32 * q);
-      }
-      for (int c = 0; c < CB; ++c) {
-        const __m512bh xv = (__m512bh)_mm512_set1_epi32(
-            *reinterpret_cast<const AliasedPair*>(x_row + m * C * 2 + 2 * c));
-        for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_dpbf16_ps(acc[c][q], g[q], xv);
+  const int64_t x_col_step = stride * C * 2;
+  for (int64_t m = 0; m < pairs; ++m) {
+    for (int64_t h = 0; h < Ho; ++h) {
+      const uint16_t* x_row =
+          xs + m * x_step + ((h * stride + i) * slab_cols + j) * C * 2 + 2 * c0;
+      const uint16_t* g_row = gs + m * g_step + h * Wo * O * 2 + 2 * o0;
+      for (int64_t w = 0; w < Wo; ++w) {
+        __m512bh g[NO];
+        for (int q = 0; q < NO; ++q) {
+          g[q] = (__m512bh)_mm512_loadu_si512(g_row + w * O * 2 + 32 * q);
+        }
+        for (int c = 0; c < CB; ++c) {
+          const __m512bh xv = (__m512bh)_mm512_set1_epi32(
+              *reinterpret_cast<const AliasedPair*>(x_row + w * x_col_step + 2 * c));
+          for (int q = 0; q < NO; ++q) acc[c][q] = _mm512_dpbf16_ps(acc[c][q], g[q], xv);
+        }
       }
     }
   }
@@ -526,7 +545,7 @@ void WeightGradTileBf16(const uint16_t* xs, int64_t x_step, const uint16_t* gs, 
 
 using WeightGradTileBf16Fn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t,
                                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                      int64_t, int64_t, int64_t, float*);
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, float*);
 
 struct WeightGradTilingBf16 {
   int cb, no;
@@ -542,9 +561,9 @@ constexpr WeightGradTilingBf16 kWeightGradTilingsBf16[] = {
     {1, 4, WeightGradTileBf16<1, 4>},   {1, 1, WeightGradTileBf16<1, 1>},
 };
 
-// dk from bfloat16 x and dy on vdpbf16ps: pairs of output columns are the pairs its
-// products are summed over. Per image, the output gradient is copied in column pairs and,
-// for each column offset j of the kernel, the inputs that offset meets likewise.
+// dk from bfloat16 x and dy on vdpbf16ps: pairs of images are the pairs its products are
+// summed over (an odd last image is paired with zeros). Each pair's padded inputs and
+// output gradients are copied once, side by side; every tap reads them in place.
 void WeightGradPairedBf16(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
                           const WeightGradShape& d, float* out) {
   WeightGradTilingBf16 tiling = kWeightGradTilingsBf16[std::size(kWeightGradTilingsBf16) - 1];
@@ -554,47 +573,30 @@ void WeightGradPairedBf16(ffi::ThreadPool& pool, const uint16_t* xs, const uint1
       break;
     }
   }
-  const int64_t pairs = (d.Wo + 1) / 2;
-  const int64_t slab_size = d.slab_rows * d.slab_cols * d.C;
-  const int64_t x_pairs_size = d.slab_rows * pairs * d.C * 2;  // per column offset
-  const int64_t g_pairs_size = d.Ho * pairs * d.O * 2;
-  const int64_t image_bytes = 2 * (d.K * x_pairs_size + g_pairs_size);
-  SumOverImageGroups(pool, d.N, d.taps(), image_bytes, out,
-                     [&](int64_t n0, int64_t images, float* dk) {
-    uint16_t* slab = PaddedSlab<uint16_t>(d.slab_rows, d.slab_cols, d.C);
-    thread_local std::vector<uint16_t> x_pairs, g_pairs;
-    x_pairs.resize(images * d.K * x_pairs_size);
-    g_pairs.resize(images * g_pairs_size);
-    for (int64_t m = 0; m < images; ++m) {
-      FillSlab(xs + (n0 + m) * d.H * d.W * d.C, d.H, d.W, d.C, -d.pad, d.slab_rows - d.pad,
-               d.pad, d.slab_cols, slab);
-      for (int64_t j = 0; j < d.K; ++j) {
-        uint16_t* dst = x_pairs.data() + (m * d.K + j) * x_pairs_size;
-        for (int64_t r = 0; r < d.slab_rows; ++r) {
-          for (int64_t p = 0; p < pairs; ++p) {
-            const uint16_t* first = slab + (r * d.slab_cols + 2 * p * d.stride + j) * d.C;
-            const uint16_t* second =
-                2 * p + 1 < d.Wo ? first + d.stride * d.C : nullptr;  // past the last column
-            InterleavePairs(first, second, d.C, dst + (r * pairs + p) * d.C * 2);
-          }
-        }
-      }
-      const uint16_t* g = gs + (n0 + m) * d.Ho * d.Wo * d.O;
-      for (int64_t h = 0; h < d.Ho; ++h) {
-        for (int64_t p = 0; p < pairs; ++p) {
-          const uint16_t* first = g + (h * d.Wo + 2 * p) * d.O;
-          InterleavePairs(first, 2 * p + 1 < d.Wo ? first + d.O : nullptr, d.O,
-                          g_pairs.data() + m * g_pairs_size + (h * pairs + p) * d.O * 2);
-        }
-      }
+  const int64_t image_x = d.H * d.W * d.C, image_g = d.Ho * d.Wo * d.O;
+  const int64_t x_pair_size = d.slab_rows * d.slab_cols * d.C * 2;
+  const int64_t g_pair_size = image_g * 2;
+  const int64_t pair_bytes = 2 * (x_pair_size + g_pair_size);
+  SumOverImageGroups(pool, (d.N + 1) / 2, d.taps(), pair_bytes, out,
+                     [&](int64_t p0, int64_t pairs, float* dk) {
+    uint16_t* x_pairs = PaddedSlab<uint16_t, 1>(pairs * d.slab_rows, d.slab_cols, 2 * d.C);
+    thread_local std::vector<uint16_t> g_pairs;
+    g_pairs.resize(pairs * g_pair_size);
+    for (int64_t m = 0; m < pairs; ++m) {
+      const int64_t n = 2 * (p0 + m);
+      const bool both = n + 1 < d.N;
+      FillPairedSlab(xs + n * image_x, both ? xs + (n + 1) * image_x : nullptr, d.H, d.W, d.C,
+                     -d.pad, d.slab_rows - d.pad, d.pad, d.slab_cols, x_pairs + m * x_pair_size);
+      InterleavePairs(gs + n * image_g, both ? gs + (n + 1) * image_g : nullptr, image_g,
+                      g_pairs.data() + m * g_pair_size);
     }
     for (int64_t i = 0; i < d.K; ++i) {
       for (int64_t j = 0; j < d.K; ++j) {
         float* tap = dk + (i * d.K + j) * d.C * d.O;
         for (int64_t c0 = 0; c0 < d.C; c0 += tiling.cb) {
           for (int64_t o0 = 0; o0 < d.O; o0 += 16 * tiling.no) {
-            tiling.fn(x_pairs.data() + j * x_pairs_size, d.K * x_pairs_size, g_pairs.data(),
-                      g_pairs_size, images, pairs, d.stride, d.Ho, d.C, d.O, i, c0, o0, tap);
+            tiling.fn(x_pairs, x_pair_size, g_pairs.data(), g_pair_size, pairs, d.slab_cols,
+                      d.stride, d.Ho, d.Wo, d.C, d.O, i, j, c0, o0, tap);
           }
         }
       }
