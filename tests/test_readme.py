@@ -22,9 +22,9 @@ from suite_flags import user_environment
 from resnet_jax.inputs import arrays
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-# Shorter, and nothing else: 8 steps, a log line after each; the only checkpoints are the
-# one SIGTERM makes and the last.
-TOTAL = 8
+# Shorter, and nothing else: 80 steps (about 10k images, a fifth of an epoch: enough to
+# learn), a log line after each; the only checkpoints are the one SIGTERM makes and the last.
+TOTAL = 80
 SHORTEN = [f'--config.total_steps={TOTAL}', f'--config.checkpoint_every_steps={TOTAL}',
            '--config.log_every_steps=1', '--config.eval_every_steps=0']
 
@@ -84,7 +84,12 @@ def main_job(cifar10_cache_dir, monkeypatch):
 def test_the_readme_main_job_stops_on_sigterm_and_the_same_command_resumes_it(main_job):
     """What README.md says of it: SIGTERM saves a checkpoint within about two steps and
     exits with status 143; the same command again resumes from it, trains each step once,
-    saves and evaluates on the test split."""
+    saves and evaluates on the test split; and the whole system learns from the real
+    CIFAR-10 JPEGs. Chance is 10%; after 80 steps ResNet-20 with the paper's recipe reached
+    27.8-34.4% over seeds 0-4 (held-out training images; 33.7% as for an AVX2 CPU), and the
+    standard deviation of an accuracy of 30% on the 10,000 test images is 0.5%, so 20% can
+    only be reached by a network that learned. (After 40 steps it varied from 20.3% to
+    28.0% with the seed and the XLA flags: too close; docs/performance.md.)"""
     command, workdir = main_job
     stopped = signal_when_logged([*command, *SHORTEN], f'step 2/{TOTAL}', signal.SIGTERM,
                                  timeout=600, cwd=REPO, env=user_environment())
@@ -103,7 +108,10 @@ def test_the_readme_main_job_stops_on_sigterm_and_the_same_command_resumes_it(ma
     assert [r['step'] for r in records if 'train/loss' in r] == list(range(1, TOTAL + 1))
     final = json.loads((workdir / 'final_eval.json').read_text())
     assert (final['step'], final['split']) == (TOTAL, 'test')
-    assert 0 <= final['top1_accuracy'] <= 1 and final['top1_accuracy'] <= final['top5_accuracy']
+    assert final['top1_accuracy'] <= final['top5_accuracy'] <= 1
+    print(f'{TOTAL} steps of the README job on real CIFAR-10: test top-1 '
+          f'{100 * final["top1_accuracy"]:.2f}%')
+    assert final['top1_accuracy'] > 0.20
     assert json.loads((workdir / 'config.json').read_text())['total_steps'] == TOTAL
 
 
