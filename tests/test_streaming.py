@@ -18,7 +18,7 @@ from streaming_helpers import (  # noqa: E402
 )
 
 from resnet_jax import configs  # noqa: E402
-from resnet_jax.inputs import host_augment, sources, tf_pipelines  # noqa: E402
+from resnet_jax.inputs import arrays, host_augment, sources, tf_pipelines  # noqa: E402
 from resnet_jax.training import evaluation  # noqa: E402
 
 
@@ -47,6 +47,16 @@ def test_train_batches_have_the_crop_size_and_labels(folder, kind):
 
 def test_train_order_is_deterministic_and_resumes_at_any_step(folder):
     assert_deterministic_and_resumable(lambda: train_stream(folder))
+
+
+def test_an_undecodable_training_image_is_named(tmp_path):
+    """The training stream's read error names the file (the main job prints it as its one
+    line: tests/test_errors.py, there for an image of the eval split)."""
+    folder = write_folder(tmp_path / 'folder')
+    broken = sorted((folder / 'train' / 'bee').iterdir())[1]
+    broken.write_bytes(b'\xff\xd8\xff\xe0 this is no JPEG')
+    with pytest.raises(arrays.DataError, match=f'^cannot decode image {broken}: '):
+        take(train_stream(folder).batches(0), 3)  # the epoch: every example
 
 
 def test_two_processes_read_disjoint_halves_of_the_same_global_batches(folder):
