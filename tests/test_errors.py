@@ -2,7 +2,8 @@
 
 Each entry point (`resnet_jax.main`, `resnet_jax.models.summary`, `resnet_jax.training.benchmark`,
 `launch.sh`) runs in a subprocess, with a missing package, a bad path, a bad flag or an
-image that cannot be decoded. Image folders are generated in temporary directories.
+image that cannot be decoded; the other bad-argument cases of the argparse commands call
+their `main` in this process. Image folders are generated in temporary directories.
 """
 
 import importlib
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 from model_dirs import assert_one_line_error, usage_error_in_process
 from PIL import Image
+
+from resnet_jax import backend
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = ['--config', 'experiments/smoke.py', '--config.model.name=cifar_resnet8',
@@ -145,6 +148,8 @@ def test_main_an_undecodable_image_streamed_names_the_file(tmp_path):
 def test_summary_and_benchmark_bad_input_is_a_usage_error(module, args, expected, capsys,
                                                           monkeypatch):
     monkeypatch.chdir(REPO)  # the config paths are relative, as a user in the repository types
+    # Not the benchmark's process-wide malloc settings in this test process.
+    monkeypatch.setattr(backend, 'configure_process', lambda *args, **kwargs: False)
     main_function = importlib.import_module(f'resnet_jax.{module}').main
     assert_one_line_error(usage_error_in_process(main_function, args, capsys), expected,
                           returncode=2)
