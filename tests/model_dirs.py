@@ -81,11 +81,10 @@ def shapes_only_state_dict(name: str, num_classes: int = 1000) -> dict:
     return torchvision_weights.to_state_dict(zeros)
 
 
-def run_module(module: str, *args: str, timeout: int = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repository root (in `env`, else this one's)."""
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root."""
     return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout)
 
 
 def usage_error_in_process(parse, args: list[str], capsys) -> subprocess.CompletedProcess:

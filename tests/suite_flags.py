@@ -9,8 +9,8 @@ with XLA_FLAGS of their own take them from here.
   (`--xla_cpu_use_fusion_emitters=false`) where this jaxlib still has it (an unknown flag
   aborts XLA, so the first test process asks a child process once). docs/performance.md
   has the measurements, and where -O0 costs compute.
-  The tests that run large models as a user does (the README's main job, the ResNet-50
-  steps) run without them: `user_environment()`.
+  The README's main job, which trains a real model as a user does, runs without them:
+  `user_environment()`.
 """
 
 import os
@@ -42,12 +42,10 @@ def xla_flags(devices: int = 2) -> str:
     return ' '.join((f'{DEVICES_FLAG}={devices}', *fast_compile_flags()))
 
 
-def user_environment(devices: int | None = None) -> dict[str, str]:
+def user_environment() -> dict[str, str]:
     """This environment without the suite's XLA flags: XLA's defaults and one CPU device,
-    as on a user's machine, or `devices` simulated ones."""
+    as on a user's machine."""
     flags = os.environ.get('XLA_FLAGS', '').split()
     kept = [f for f in flags if not f.startswith(DEVICES_FLAG)
             and f not in (OPTIMIZATION_FLAG, FUSION_EMITTERS_FLAG)]
-    if devices is not None:
-        kept.append(f'{DEVICES_FLAG}={devices}')
     return dict(os.environ, XLA_FLAGS=' '.join(kept))
