@@ -4,7 +4,8 @@ CIFAR ResNet-20 (or the shapes given), float32 and bfloat16, side by side in one
     python benchmarks/conv_kernels.py [--batch 128] [--repeats 21] [--dtypes float32,bfloat16]
 
 Prints the median time of each call and its GFLOP/s (2 * multiply-adds). bfloat16 rows
-need a library with bfloat16 tiles and a CPU with their instructions (docs/cpu.md).
+need a library with bfloat16 tiles and a CPU with their instructions (docs/cpu.md); where
+it has AMX tiles, bfloat16 is timed twice, on them (`bfloat16/amx`) and on vdpbf16ps alone.
 """
 
 import argparse
@@ -14,7 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.backend.cpu.kernels import conv
+from resnet_jax.backend.cpu.kernels import conv, native
 
 # (side, channels in, channels out, stride) of ResNet-20's 3x3 convolutions, the stem first.
 RESNET20_SHAPES = ((32, 3, 16, 1), (32, 16, 16, 1), (32, 16, 32, 2), (16, 32, 32, 1),
@@ -37,16 +38,24 @@ def main(argv=None) -> None:
     parser.add_argument('--repeats', type=int, default=21)
     parser.add_argument('--dtypes', default='float32,bfloat16')
     args = parser.parse_args(argv)
-    dtypes = [jnp.dtype(d) for d in args.dtypes.split(',')]
-    if jnp.dtype(jnp.bfloat16) in dtypes and not conv.bfloat16_ready():
+    # (dtype, whether AMX tiles may be used)
+    runs = [(jnp.dtype(d), True) for d in args.dtypes.split(',')]
+    if (jnp.dtype(jnp.bfloat16), True) in runs and not conv.bfloat16_ready():
         print('bfloat16: no bfloat16 tiles on this CPU; timing float32 only')
-        dtypes = [d for d in dtypes if d != jnp.bfloat16]
-    print(f'{"shape":>24} {"dtype":>9} {"forward ms":>11} {"GFLOP/s":>8} '
+        runs = [run for run in runs if run[0] != jnp.bfloat16]
+    if (jnp.dtype(jnp.bfloat16), True) in runs and native.loaded_bf16_isa() == 'amx_bf16':
+        runs.append((jnp.dtype(jnp.bfloat16), False))
+    print(f'{"shape":>24} {"dtype":>18} {"forward ms":>11} {"GFLOP/s":>8} '
           f'{"weight grad ms":>15} {"GFLOP/s":>8}')
     for side, cin, cout, stride in RESNET20_SHAPES:
         keys = jax.random.split(jax.random.key(0), 3)
         out_side = (side - 1) // stride + 1
-        for dtype in dtypes:
+        for dtype, amx in runs:
+            if dtype == jnp.bfloat16:
+                native.use_amx(amx)
+            name = dtype.name
+            if dtype == jnp.bfloat16 and native.loaded_bf16_isa() == 'amx_bf16':
+                name += '/amx' if amx else '/vdpbf16ps'
             x = jax.random.normal(keys[0], (args.batch, side, side, cin), dtype)
             kernel = jax.random.normal(keys[1], (3, 3, cin, cout), dtype)
             dy = jax.random.normal(keys[2], (args.batch, out_side, out_side, cout), dtype)
@@ -59,7 +68,7 @@ def main(argv=None) -> None:
             flops = 2 * args.batch * out_side * out_side * 9 * x.shape[-1] * cout
             f_ms = median_ms(forward, x, kernel, repeats=args.repeats)
             w_ms = median_ms(weight_grad, x, kernel, dy, repeats=args.repeats)
-            print(f'{f"{side}x{side}x{cin}->{cout} /{stride}":>24} {dtype.name:>9} '
+            print(f'{f"{side}x{side}x{cin}->{cout} /{stride}":>24} {name:>18} '
                   f'{f_ms:11.2f} {flops / f_ms / 1e6:8.0f} {w_ms:15.2f} {flops / w_ms / 1e6:8.0f}')
 
 

@@ -5,7 +5,8 @@ bfloat16 BatchNorm and pooling kernels, plain vector code on any CPU, are tested
 float32 ones.)
 
 The convolution tests run where this CPU has the bfloat16 instructions the library was
-built with (AVX512-BF16) and are skipped, with the reason, elsewhere."""
+built with (AVX512-BF16; AMX as well, where it has them, each path on its own) and are
+skipped, with the reason, elsewhere."""
 
 import logging
 
@@ -38,6 +39,22 @@ needs_bf16_tiles = pytest.mark.skipif(
            'target without them')
 
 
+def _has_amx() -> bool:
+    return _bfloat16_ready() and native.loaded_bf16_isa() == 'amx_bf16'
+
+
+@pytest.fixture(params=['amx', 'vdpbf16ps'])
+def bf16_path(request):
+    """Each of the library's bfloat16 paths this CPU has: AMX tiles (where the shape fits
+    them) and vdpbf16ps alone."""
+    if request.param == 'amx' and not _has_amx():
+        pytest.skip('the kernels have no AMX tiles here: this CPU lacks amx_bf16 and '
+                    'amx_tile, or the OS refused the tile state')
+    native.use_amx(request.param == 'amx')
+    yield request.param
+    native.use_amx(True)
+
+
 def _normal(key, shape):
     return jax.random.normal(jax.random.key(key), shape).astype(jnp.bfloat16)
 
@@ -50,8 +67,11 @@ def _normal(key, shape):
     ((4, 16, 16, 3), (3, 3, 3, 16), 1),     # the CIFAR stem: 3 channels, padded to 4
     ((3, 15, 9, 32), (3, 3, 32, 64), 2),    # strided: the input gradient is XLA's
     pytest.param((2, 6, 13, 16), (1, 1, 16, 48), 1, marks=pytest.mark.slow),
+    # Rows wider than two AMX tiles, the last partly filled; 48 channels (AMX takes 32 at a
+    # time forward: vdpbf16ps there; 16 in the weight gradient); 16 outputs.
+    ((3, 5, 37, 48), (3, 3, 48, 16), 1),
 ])
-def test_bfloat16_convolution_is_float32_rounded_once(shape, kernel_shape, stride):
+def test_bfloat16_convolution_is_float32_rounded_once(shape, kernel_shape, stride, bf16_path):
     x, kernel = _normal(0, shape), _normal(1, kernel_shape)
     pad = kernel_shape[0] // 2
     args = dict(window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
@@ -132,7 +152,7 @@ def test_bfloat16_is_kept_off_the_cpu_and_with_the_tuned_tiles(monkeypatch):
 @needs_bf16_tiles
 @pytest.mark.parametrize('channels, features', [
     (64, 256), pytest.param(256, 64, marks=pytest.mark.slow), (6, 16)])
-def test_bfloat16_1x1_convolution_is_float32_rounded_once(channels, features):
+def test_bfloat16_1x1_convolution_is_float32_rounded_once(channels, features, bf16_path):
     x, kernel = _normal(8, (2, 7, 9, channels)), _normal(9, (channels, features))
     numbers = (((3,), (0,)), ((), ()))
     got, got_vjp = jax.vjp(jax.jit(lambda x, k: conv.dot_general(x, k, numbers)), x, kernel)

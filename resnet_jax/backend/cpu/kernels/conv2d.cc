@@ -22,8 +22,10 @@
 #include <cstring>
 #include <iterator>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "amx.h"
 #include "parallel.h"
 
 #if defined(__AVX512BF16__)
@@ -164,6 +166,77 @@ void ForwardRowBf16(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t 
     }
   }
 }
+#endif
+
+#if defined(RESNET_JAX_AMX)
+// The bfloat16 row on AMX tiles: 16 output pixels by 16 output channels per float32 tile,
+// MB x NB of them (tiles 0-3), fed by MB tiles of inputs (4, 5) and NB of weights (6, 7).
+// An input tile is read in place from the slab: its rows are 16 output pixels' inputs, `kc`
+// channels each (32, or all C when C < 32), one pixel to the next stride * C apart; a
+// weight tile is kc/2 rows of the paired kernel (PairChannels), one row per channel pair.
+// Rows past the end of W read the slab's zero margin and are not stored.
+
+// Loads `config` unless the thread's tiles already have that shape (LDTILECFG zeroes them,
+// and other code on XLA's threads may have loaded another).
+inline void EnsureTileConfig(const amx::TileConfig& config) {
+  amx::TileConfig current;
+  _tile_storeconfig(&current);
+  if (std::memcmp(&current, &config, sizeof(config)) != 0) config.Load();
+}
+
+// Stores the float32 tile T, valid_rows rows of 16, rounded to bfloat16, `row_step` apart.
+template <int T>
+inline void StoreTileBf16(uint16_t* out, int64_t row_step, int64_t valid_rows) {
+  alignas(64) float tile[16 * 16];
+  amx::Store<T>(tile, 64);
+  for (int64_t r = 0; r < valid_rows; ++r) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * row_step),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(tile + 16 * r)));
+  }
+}
+
+template <int MB, int NB, int... I>
+void ForwardBlockAmx(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t stride,
+                     int64_t C, int64_t kc, int64_t O, const uint16_t* kernel, int64_t W,
+                     int64_t w0, uint16_t* out, int64_t o0, std::integer_sequence<int, I...>) {
+  (amx::Zero<I>(), ...);
+  const int64_t x_step = 16 * stride * C, x_stride = stride * C * 2, k_stride = O * 4;
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = 0; j < K; ++j) {
+      const uint16_t* xs = slab + (i * slab_cols + w0 * stride + j) * C;
+      const uint16_t* ks = kernel + (i * K + j) * C * O + 2 * o0;
+      for (int64_t c = 0; c < C; c += kc) {
+        amx::Load<4>(xs + c, x_stride);
+        if constexpr (MB == 2) amx::Load<5>(xs + x_step + c, x_stride);
+        amx::Load<6>(ks + c * O, k_stride);
+        if constexpr (NB == 2) amx::Load<7>(ks + c * O + 32, k_stride);
+        (amx::Dot<I, 4 + I / NB, 6 + I % NB>(), ...);
+      }
+    }
+  }
+  (StoreTileBf16<I>(out + (w0 + 16 * (I / NB)) * O + o0 + 16 * (I % NB), O,
+                    std::clamp<int64_t>(W - w0 - 16 * (I / NB), 0, 16)),
+   ...);
+}
+
+// C: a multiple of 32, or fewer (even); the caller checks (AmxForwardFits).
+template <int MB, int NB>
+void ForwardRowAmx(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t stride,
+                   int64_t C, int64_t O, const uint16_t* kernel, int64_t W, uint16_t* out,
+                   int64_t o0) {
+  const int64_t kc = std::min<int64_t>(C, 32), rows = std::min<int64_t>(W, 16);
+  amx::TileConfig config;
+  for (int t = 0; t < 4; ++t) config.Set(t, rows, 64);
+  for (int t = 4; t < 6; ++t) config.Set(t, rows, 2 * kc);
+  for (int t = 6; t < 8; ++t) config.Set(t, kc / 2, 64);
+  EnsureTileConfig(config);
+  for (int64_t w0 = 0; w0 < W; w0 += 16 * MB) {
+    ForwardBlockAmx<MB, NB>(slab, slab_cols, K, stride, C, kc, O, kernel, W, w0, out, o0,
+                            std::make_integer_sequence<int, MB * NB>());
+  }
+}
+
+bool AmxForwardFits(int64_t C) { return amx::Usable() && (C % 32 == 0 || C < 32); }
 #endif
 
 template <typename T>
@@ -309,9 +382,18 @@ ffi::Error ForwardBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
       }
     }
   }
+  const int64_t Wo = y->dimensions()[2];
+  ForwardTile<uint16_t> tile = ChooseForwardTile(kForwardTilesBf16, Wo, O);
+#if defined(RESNET_JAX_AMX)
+  if (AmxForwardFits(C)) {
+    constexpr ForwardTile<uint16_t> kAmxTiles[2][2] = {
+        {{16, 1, ForwardRowAmx<1, 1>}, {16, 2, ForwardRowAmx<1, 2>}},
+        {{32, 1, ForwardRowAmx<2, 1>}, {32, 2, ForwardRowAmx<2, 2>}}};
+    tile = kAmxTiles[Wo > 16][O % 32 == 0];
+  }
+#endif
   ForwardWithTile(pool, x.typed_data(), x.dimensions(), paired.data(), K, y->typed_data(),
-                  y->dimensions(), stride,
-                  ChooseForwardTile(kForwardTilesBf16, y->dimensions()[2], y->dimensions()[3]));
+                  y->dimensions(), stride, tile);
   return ffi::Error::Success();
 #else
   return ffi::Error(ffi::ErrorCode::kUnimplemented,
@@ -603,6 +685,167 @@ void WeightGradPairedBf16(ffi::ThreadPool& pool, const uint16_t* xs, const uint1
     }
   });
 }
+
+#if defined(RESNET_JAX_AMX)
+// The weight gradient on AMX tiles, per tap (i, j): dk[i, j]^T [O, C] = dy^T x, summed over
+// pairs of images and pixels. A tile of dy^T is 16 output channels by kp pixels of a row,
+// each a pair of bfloat16 values (the two images'), read from a transposed copy of the
+// pair's output gradients, [O][Ho][Wp][2] (Wp: Wo rounded up to kp, zeros past Wo); a tile
+// of x is kp pixels by NC input channels of the paired slab (FillPairedSlab), read in
+// place, one pixel to the next stride * C apart, so any stride works. kp is 16, or Wo when
+// smaller; NC is 16, or C when smaller. MO x NCB float32 tiles (0-3) sum a group of pairs;
+// then each is added, transposed, to dk.
+
+// out[c][r] = in[r][c] for 16 rows of 16 32-bit values (`in_step` and `out_step` apart),
+// of which the first `rows` are read (the others are zeros) and the first `cols` of each
+// out row written.
+inline void Transpose16x16(const uint32_t* in, int64_t in_step, int64_t rows, uint32_t* out,
+                           int64_t out_step, int64_t cols) {
+  __m512i r[16], t[16];
+  for (int k = 0; k < 16; ++k) {
+    r[k] = k < rows ? _mm512_loadu_si512(in + k * in_step) : _mm512_setzero_si512();
+  }
+  for (int k = 0; k < 16; k += 2) {  // within 128-bit lanes: pairs of rows
+    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
+    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
+  }
+  for (int k = 0; k < 16; k += 4) {  // quads of rows: r[k + q] holds lane column q
+    r[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
+    r[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
+    r[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
+    r[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {  // 128-bit lanes across quads of rows
+    t[k] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0x88);
+    t[k + 4] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0xdd);
+    t[k + 8] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0x88);
+    t[k + 12] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0xdd);
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1);
+  for (int k = 0; k < 8; ++k) {  // t[k] and t[k + 8] hold columns k % 4 + 4 (k / 4) (+ 8)
+    const int col = k % 4 + 4 * (k / 4);
+    _mm512_mask_storeu_epi32(out + col * out_step, mask,
+                             _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88));
+    _mm512_mask_storeu_epi32(out + (col + 8) * out_step, mask,
+                             _mm512_shuffle_i32x4(t[k], t[k + 8], 0xdd));
+  }
+}
+
+// The two images' output gradients (b null: zeros), [Ho][Wo][O] each, as [O][Ho][Wp][2]
+// (zeros past Wo): side by side in pairs, then transposed 16 pixels by 16 outputs at a time.
+void TransposePairedGrads(const uint16_t* a, const uint16_t* b, int64_t Ho, int64_t Wo,
+                          int64_t Wp, int64_t O, uint16_t* out) {
+  thread_local std::vector<uint16_t> pairs;
+  pairs.resize(Ho * Wo * O * 2);
+  InterleavePairs(a, b, Ho * Wo * O, pairs.data());
+  const uint32_t* in = reinterpret_cast<const uint32_t*>(pairs.data());
+  uint32_t* dst = reinterpret_cast<uint32_t*>(out);
+  for (int64_t h = 0; h < Ho; ++h) {
+    for (int64_t w0 = 0; w0 < Wp; w0 += 16) {
+      for (int64_t o0 = 0; o0 < O; o0 += 16) {
+        Transpose16x16(in + (h * Wo + w0) * O + o0, O, std::clamp<int64_t>(Wo - w0, 0, 16),
+                       dst + (o0 * Ho + h) * Wp + w0, Ho * Wp, std::min<int64_t>(Wp - w0, 16));
+      }
+    }
+  }
+}
+
+struct AmxWeightGradShape {
+  WeightGradShape d;
+  int64_t kp, Wp, NC, slab_cols, x_pair_size, g_pair_size;
+
+  explicit AmxWeightGradShape(const WeightGradShape& d)
+      : d(d), kp(std::min<int64_t>(d.Wo, 16)), Wp((d.Wo + kp - 1) / kp * kp),
+        NC(std::min<int64_t>(d.C, 16)),
+        slab_cols(std::max(d.pad + d.W, (Wp - 1) * d.stride + d.K)),
+        x_pair_size(d.slab_rows * slab_cols * d.C * 2), g_pair_size(d.O * d.Ho * Wp * 2) {}
+};
+
+// Adds to dk_tap [C, O] the tiles of output channels [o0, o0 + 16 MO) by input channels
+// [c0, c0 + NC NCB) at tap (i, j), summed over `pairs` pairs of images.
+template <int MO, int NCB, int... I>
+void WeightGradBlockAmx(const uint16_t* x_pairs, const uint16_t* g_pairs, int64_t pairs,
+                        const AmxWeightGradShape& s, int64_t i, int64_t j, int64_t o0,
+                        int64_t c0, float* dk_tap, std::integer_sequence<int, I...>) {
+  const WeightGradShape& d = s.d;
+  (amx::Zero<I>(), ...);
+  const int64_t g_stride = d.Ho * s.Wp * 4, x_stride = d.stride * d.C * 4;
+  for (int64_t m = 0; m < pairs; ++m) {
+    for (int64_t h = 0; h < d.Ho; ++h) {
+      const uint16_t* g_row = g_pairs + m * s.g_pair_size + (o0 * d.Ho + h) * s.Wp * 2;
+      const uint16_t* x_row = x_pairs + m * s.x_pair_size +
+                              (((h * d.stride + i) * s.slab_cols + j) * d.C + c0) * 2;
+      for (int64_t w0 = 0; w0 < d.Wo; w0 += s.kp) {
+        amx::Load<4>(g_row + 2 * w0, g_stride);
+        if constexpr (MO == 2) amx::Load<5>(g_row + 16 * d.Ho * s.Wp * 2 + 2 * w0, g_stride);
+        amx::Load<6>(x_row + w0 * d.stride * d.C * 2, x_stride);
+        if constexpr (NCB == 2) amx::Load<7>(x_row + w0 * d.stride * d.C * 2 + 32, x_stride);
+        (amx::Dot<I, 4 + I / NCB, 6 + I % NCB>(), ...);
+      }
+    }
+  }
+  alignas(64) float tile[MO * NCB][16 * 16];
+  (amx::Store<I>(tile[I], 64), ...);
+  for (int t = 0; t < MO * NCB; ++t) {
+    const int64_t o1 = o0 + 16 * (t / NCB), c1 = c0 + s.NC * (t % NCB);
+    for (int64_t c = 0; c < s.NC; ++c) {
+      for (int64_t o = 0; o < 16; ++o) dk_tap[(c1 + c) * d.O + o1 + o] += tile[t][o * 16 + c];
+    }
+  }
+}
+
+// (With fewer than 16 input channels, the stem's, vdpbf16ps is faster.)
+bool AmxWeightGradFits(const WeightGradShape& d) { return amx::Usable() && d.C % 16 == 0; }
+
+template <int MO, int NCB>
+void WeightGradPairedAmx(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
+                         const AmxWeightGradShape& s, float* out) {
+  const WeightGradShape& d = s.d;
+  amx::TileConfig config;
+  for (int t = 0; t < 4; ++t) config.Set(t, 16, 4 * s.NC);
+  for (int t = 4; t < 6; ++t) config.Set(t, 16, 4 * s.kp);
+  for (int t = 6; t < 8; ++t) config.Set(t, s.kp, 4 * s.NC);
+  const int64_t image_x = d.H * d.W * d.C, image_g = d.Ho * d.Wo * d.O;
+  const int64_t pair_bytes = 2 * (s.x_pair_size + s.g_pair_size);
+  SumOverImageGroups(pool, (d.N + 1) / 2, d.taps(), pair_bytes, out,
+                     [&](int64_t p0, int64_t pairs, float* dk) {
+    uint16_t* x_pairs = PaddedSlab<uint16_t, 1>(pairs * d.slab_rows, s.slab_cols, 2 * d.C);
+    thread_local std::vector<uint16_t> g_pairs;
+    g_pairs.resize(pairs * s.g_pair_size);
+    for (int64_t m = 0; m < pairs; ++m) {
+      const int64_t n = 2 * (p0 + m);
+      const bool both = n + 1 < d.N;
+      FillPairedSlab(xs + n * image_x, both ? xs + (n + 1) * image_x : nullptr, d.H, d.W, d.C,
+                     -d.pad, d.slab_rows - d.pad, d.pad, s.slab_cols,
+                     x_pairs + m * s.x_pair_size);
+      TransposePairedGrads(gs + n * image_g, both ? gs + (n + 1) * image_g : nullptr, d.Ho,
+                           d.Wo, s.Wp, d.O, g_pairs.data() + m * s.g_pair_size);
+    }
+    EnsureTileConfig(config);
+    for (int64_t i = 0; i < d.K; ++i) {
+      for (int64_t j = 0; j < d.K; ++j) {
+        float* tap = dk + (i * d.K + j) * d.C * d.O;
+        for (int64_t o0 = 0; o0 < d.O; o0 += 16 * MO) {
+          for (int64_t c0 = 0; c0 < d.C; c0 += s.NC * NCB) {
+            WeightGradBlockAmx<MO, NCB>(x_pairs, g_pairs.data(), pairs, s, i, j, o0, c0, tap,
+                                        std::make_integer_sequence<int, MO * NCB>());
+          }
+        }
+      }
+    }
+  });
+}
+
+void WeightGradAmx(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
+                   const WeightGradShape& d, float* out) {
+  const AmxWeightGradShape s(d);
+  const bool two_o = d.O % 32 == 0, two_c = d.C % 32 == 0;
+  if (two_o && two_c) return WeightGradPairedAmx<2, 2>(pool, xs, gs, s, out);
+  if (two_o) return WeightGradPairedAmx<2, 1>(pool, xs, gs, s, out);
+  if (two_c) return WeightGradPairedAmx<1, 2>(pool, xs, gs, s, out);
+  return WeightGradPairedAmx<1, 1>(pool, xs, gs, s, out);
+}
+#endif
 #endif
 
 // float32 x and dy, or bfloat16 ones (on vdpbf16ps where the library has it, else
@@ -618,6 +861,12 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> dy,
   const WeightGradShape shape(x.dimensions(), dy.dimensions(), dk->dimensions()[0], stride);
 #if defined(__AVX512BF16__)
   if constexpr (D == ffi::BF16) {
+#if defined(RESNET_JAX_AMX)
+    if (AmxWeightGradFits(shape)) {
+      WeightGradAmx(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
+      return ffi::Error::Success();
+    }
+#endif
     WeightGradPairedBf16(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
     return ffi::Error::Success();
   }
@@ -663,9 +912,20 @@ extern "C" const char* resnet_kernels_isa() {
 // "avx512_bf16" (vdpbf16ps), or "" where it was built without them (then
 // resnet_conv2d_bf16_forward fails, and the Python side never calls it).
 extern "C" const char* resnet_kernels_bf16() {
+#if defined(RESNET_JAX_AMX)
+  if (amx::Permitted()) return "amx_bf16";
+#endif
 #if defined(__AVX512BF16__)
   return "avx512_bf16";
 #else
   return "";
+#endif
+}
+
+// Whether the bfloat16 convolutions may use AMX tiles where the library has them (the
+// default) or keep to vdpbf16ps: for tests and benchmarks that compare the two.
+extern "C" void resnet_kernels_set_amx(int on) {
+#if defined(RESNET_JAX_AMX)
+  amx::enabled.store(on != 0);
 #endif
 }

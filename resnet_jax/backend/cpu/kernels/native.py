@@ -29,7 +29,7 @@ from resnet_jax import file_lock, user_cache
 
 _HERE = Path(__file__).parent
 SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc', _HERE / 'pooling.cc')
-HEADERS = (_HERE / 'parallel.h',)
+HEADERS = (_HERE / 'parallel.h', _HERE / 'amx.h')
 TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_conv2d_bf16_forward',
            'resnet_conv2d_bf16_weight_grad', 'resnet_bn_stats',
            'resnet_bn_apply', 'resnet_bn_apply_add', 'resnet_bn_grad_stats',
@@ -42,8 +42,10 @@ FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC')
 # The register tiles a build can have (conv2d.cc's `resnet_kernels_isa`).
 ISAS = ('avx512', 'avx2', 'generic')
 # The bfloat16 instructions a build's bfloat16 convolutions can use (`resnet_kernels_bf16`),
-# with the /proc/cpuinfo flag that says a CPU has them.
-BF16_ISAS = {'avx512_bf16': 'avx512_bf16'}
+# best first, with the /proc/cpuinfo flags that say a CPU has them ('amx_bf16': AMX tiles
+# where a convolution's shape fits them, vdpbf16ps elsewhere).
+BF16_ISAS = {'amx_bf16': ('amx_bf16', 'amx_tile', 'avx512_bf16'),
+             'avx512_bf16': ('avx512_bf16',)}
 
 
 def target_arch() -> str:
@@ -126,13 +128,14 @@ def host_bf16_isa() -> str | None:
     flags = _cpu_flags()
     if flags is None:
         return '' if _not_x86() else None
-    return next((isa for isa, flag in BF16_ISAS.items() if flag in flags), '')
+    return next((isa for isa, needs in BF16_ISAS.items() if set(needs) <= flags), '')
 
 
 def cpu_has(bf16_isa: str) -> bool:
     """Whether this CPU says it has these bfloat16 instructions: a library built for
     another -march may have tiles that this CPU cannot run."""
-    return BF16_ISAS.get(bf16_isa, '<none>') in (_cpu_flags() or set())
+    needs = BF16_ISAS.get(bf16_isa)
+    return needs is not None and set(needs) <= (_cpu_flags() or set())
 
 
 def _compiler_version(compiler: str) -> str:
@@ -213,12 +216,19 @@ def _run_compiler(commands: Sequence[Sequence[str]]) -> None:
                 f'compiling the kernels failed ({" ".join(command)}):\n{stderr[-3000:]}')
 
 
-def _open(path: Path) -> tuple[str, str, dict[str, object]]:
+def _open(path: Path) -> tuple[ctypes.CDLL, dict[str, object]]:
     library = ctypes.CDLL(str(path))
     library.resnet_kernels_isa.restype = ctypes.c_char_p
     library.resnet_kernels_bf16.restype = ctypes.c_char_p
-    return (library.resnet_kernels_isa().decode(), library.resnet_kernels_bf16().decode(),
-            {name: getattr(library, name) for name in TARGETS})
+    library.resnet_kernels_set_amx.argtypes = (ctypes.c_int,)
+    return library, {name: getattr(library, name) for name in TARGETS}
+
+
+def use_amx(on: bool) -> None:
+    """Whether the bfloat16 convolutions use AMX tiles where the library has them (the
+    default) or vdpbf16ps only: for tests and benchmarks that compare the two. Takes effect
+    at the next call of a kernel, compiled or not."""
+    _load()[2].resnet_kernels_set_amx(int(on))
 
 
 @functools.cache
@@ -235,25 +245,27 @@ def load() -> str:
 
 
 @functools.cache
-def _load() -> tuple[str, str]:
-    """`load`, and the bfloat16 instructions of the library (`BF16_ISAS`, '' for none).
+def _load() -> tuple[str, str, ctypes.CDLL]:
+    """`load`, the bfloat16 instructions of the library (`BF16_ISAS`, '' for none), and the
+    library.
 
     A cached library that does not load (a truncated file, say) is rebuilt once. Raises
     KernelBuildError if that fails; a later call tries again.
     """
     path = build()
     try:
-        isa, bf16_isa, handlers = _open(path)
+        library, handlers = _open(path)
     except (OSError, AttributeError):
         path.unlink(missing_ok=True)
         path = build()
         try:
-            isa, bf16_isa, handlers = _open(path)
+            library, handlers = _open(path)
         except (OSError, AttributeError) as e:
             raise KernelBuildError(f'cannot load the kernels just built at {path}: {e}') from e
     for name, handler in handlers.items():
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
-    return isa, bf16_isa
+    return (library.resnet_kernels_isa().decode(), library.resnet_kernels_bf16().decode(),
+            library)
 
 
 def for_dtype(target: str, dtype: Any) -> str:
