@@ -25,8 +25,9 @@
 #include <utility>
 #include <vector>
 
-#include "amx.h"
+#include "conv2d_amx.h"
 #include "parallel.h"
+#include "slabs.h"
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
@@ -35,41 +36,6 @@
 namespace {
 
 using namespace resnet_jax;  // NOLINT: vfloat, kLanes, LoadVector, StoreVector, ParallelFor, ffi
-
-// A thread's zero-padded copy of some rows of one image: rows x cols pixels of c channels.
-// Only the interior is written per call, so the zero border is kept while the shape stays
-// (kernels that alternate on a thread with other shapes take another `Slot`).
-template <typename T, int Slot = 0>
-T* PaddedSlab(int64_t rows, int64_t cols, int64_t c) {
-  thread_local std::vector<T> data;
-  thread_local int64_t shape[3] = {-1, -1, -1};
-  if (shape[0] != rows || shape[1] != cols || shape[2] != c) {
-    data.assign(rows * cols * c, T{});
-    shape[0] = rows, shape[1] = cols, shape[2] = c;
-  }
-  return data.data();
-}
-
-// Copies input rows [r0, r1) of image `x` ([H, W, C]) into the slab from its column
-// `pad` on; rows outside the image are zeros (the columns around them stay zero). bfloat16
-// rows copied into a float32 slab are widened (exactly).
-template <typename Src, typename Dst>
-void FillSlab(const Src* x, int64_t H, int64_t W, int64_t C, int64_t r0, int64_t r1,
-              int64_t pad, int64_t slab_cols, Dst* slab) {
-  for (int64_t r = r0; r < r1; ++r) {
-    Dst* dst = slab + ((r - r0) * slab_cols + pad) * C;
-    if (r < 0 || r >= H) {
-      std::memset(dst, 0, W * C * sizeof(Dst));
-    } else if constexpr (std::is_same_v<Src, Dst>) {
-      std::memcpy(dst, x + r * W * C, W * C * sizeof(Dst));
-    } else {
-      const Src* src = x + r * W * C;
-      const int64_t n = W * C, vectors = n - n % kLanes;
-      for (int64_t i = 0; i < vectors; i += kLanes) StoreVector(dst + i, LoadVector(src + i));
-      for (int64_t i = vectors; i < n; ++i) dst[i] = Bf16ToFloat(src[i]);
-    }
-  }
-}
 
 // One output row of width W (its K input rows start at `slab`), columns in blocks of WB,
 // output channels [o0, o0 + 16 * NO): the WB x NO accumulators stay in registers over all
@@ -168,76 +134,6 @@ void ForwardRowBf16(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t 
 }
 #endif
 
-#if defined(RESNET_JAX_AMX)
-// The bfloat16 row on AMX tiles: 16 output pixels by 16 output channels per float32 tile,
-// MB x NB of them (tiles 0-3), fed by MB tiles of inputs (4, 5) and NB of weights (6, 7).
-// An input tile is read in place from the slab: its rows are 16 output pixels' inputs, `kc`
-// channels each (32, or all C when C < 32), one pixel to the next stride * C apart; a
-// weight tile is kc/2 rows of the paired kernel (PairChannels), one row per channel pair.
-// Rows past the end of W read the slab's zero margin and are not stored.
-
-// Loads `config` unless the thread's tiles already have that shape (LDTILECFG zeroes them,
-// and other code on XLA's threads may have loaded another).
-inline void EnsureTileConfig(const amx::TileConfig& config) {
-  amx::TileConfig current;
-  _tile_storeconfig(&current);
-  if (std::memcmp(&current, &config, sizeof(config)) != 0) config.Load();
-}
-
-// Stores the float32 tile T, valid_rows rows of 16, rounded to bfloat16, `row_step` apart.
-template <int T>
-inline void StoreTileBf16(uint16_t* out, int64_t row_step, int64_t valid_rows) {
-  alignas(64) float tile[16 * 16];
-  amx::Store<T>(tile, 64);
-  for (int64_t r = 0; r < valid_rows; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * row_step),
-                        (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(tile + 16 * r)));
-  }
-}
-
-template <int MB, int NB, int... I>
-void ForwardBlockAmx(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t stride,
-                     int64_t C, int64_t kc, int64_t O, const uint16_t* kernel, int64_t W,
-                     int64_t w0, uint16_t* out, int64_t o0, std::integer_sequence<int, I...>) {
-  (amx::Zero<I>(), ...);
-  const int64_t x_step = 16 * stride * C, x_stride = stride * C * 2, k_stride = O * 4;
-  for (int64_t i = 0; i < K; ++i) {
-    for (int64_t j = 0; j < K; ++j) {
-      const uint16_t* xs = slab + (i * slab_cols + w0 * stride + j) * C;
-      const uint16_t* ks = kernel + (i * K + j) * C * O + 2 * o0;
-      for (int64_t c = 0; c < C; c += kc) {
-        amx::Load<4>(xs + c, x_stride);
-        if constexpr (MB == 2) amx::Load<5>(xs + x_step + c, x_stride);
-        amx::Load<6>(ks + c * O, k_stride);
-        if constexpr (NB == 2) amx::Load<7>(ks + c * O + 32, k_stride);
-        (amx::Dot<I, 4 + I / NB, 6 + I % NB>(), ...);
-      }
-    }
-  }
-  (StoreTileBf16<I>(out + (w0 + 16 * (I / NB)) * O + o0 + 16 * (I % NB), O,
-                    std::clamp<int64_t>(W - w0 - 16 * (I / NB), 0, 16)),
-   ...);
-}
-
-// C: a multiple of 32, or fewer (even); the caller checks (AmxForwardFits).
-template <int MB, int NB>
-void ForwardRowAmx(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t stride,
-                   int64_t C, int64_t O, const uint16_t* kernel, int64_t W, uint16_t* out,
-                   int64_t o0) {
-  const int64_t kc = std::min<int64_t>(C, 32), rows = std::min<int64_t>(W, 16);
-  amx::TileConfig config;
-  for (int t = 0; t < 4; ++t) config.Set(t, rows, 64);
-  for (int t = 4; t < 6; ++t) config.Set(t, rows, 2 * kc);
-  for (int t = 6; t < 8; ++t) config.Set(t, kc / 2, 64);
-  EnsureTileConfig(config);
-  for (int64_t w0 = 0; w0 < W; w0 += 16 * MB) {
-    ForwardBlockAmx<MB, NB>(slab, slab_cols, K, stride, C, kc, O, kernel, W, w0, out, o0,
-                            std::make_integer_sequence<int, MB * NB>());
-  }
-}
-
-bool AmxForwardFits(int64_t C) { return amx::Usable() && (C % 32 == 0 || C < 32); }
-#endif
 
 template <typename T>
 using ForwardRowFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const T*,
@@ -291,10 +187,6 @@ ForwardTile<T> ChooseForwardTile(const ForwardTile<T> (&tiles)[N], int64_t W, in
     if (score > best_score) best = t, best_score = score;
   }
   return best;
-}
-
-int64_t OutputSize(int64_t in, int64_t K, int64_t stride) {
-  return (in + 2 * (K / 2) - K) / stride + 1;
 }
 
 // x: [N, H, W, C], k: [K, K, C, O], y: [N, Ho, Wo, O].
@@ -382,18 +274,12 @@ ffi::Error ForwardBf16(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> x,
       }
     }
   }
-  const int64_t Wo = y->dimensions()[2];
-  ForwardTile<uint16_t> tile = ChooseForwardTile(kForwardTilesBf16, Wo, O);
-#if defined(RESNET_JAX_AMX)
-  if (AmxForwardFits(C)) {
-    constexpr ForwardTile<uint16_t> kAmxTiles[2][2] = {
-        {{16, 1, ForwardRowAmx<1, 1>}, {16, 2, ForwardRowAmx<1, 2>}},
-        {{32, 1, ForwardRowAmx<2, 1>}, {32, 2, ForwardRowAmx<2, 2>}}};
-    tile = kAmxTiles[Wo > 16][O % 32 == 0];
+  if (!ForwardAmx(pool, x.typed_data(), x.dimensions(), paired.data(), K, y->typed_data(),
+                  y->dimensions(), stride)) {
+    ForwardWithTile(pool, x.typed_data(), x.dimensions(), paired.data(), K, y->typed_data(),
+                    y->dimensions(), stride,
+                    ChooseForwardTile(kForwardTilesBf16, y->dimensions()[2], O));
   }
-#endif
-  ForwardWithTile(pool, x.typed_data(), x.dimensions(), paired.data(), K, y->typed_data(),
-                  y->dimensions(), stride, tile);
   return ffi::Error::Success();
 #else
   return ffi::Error(ffi::ErrorCode::kUnimplemented,
@@ -479,48 +365,6 @@ WeightGradTiling<G> ChooseWeightGradTiling(int64_t C, int64_t O) {
   return kWeightGradTilings<G>[std::size(kWeightGradTilings<G>) - 1];
 }
 
-// The shapes of a weight gradient: x [N, H, W, C], dy [N, Ho, Wo, O], dk [K, K, C, O].
-struct WeightGradShape {
-  int64_t N, H, W, C, Ho, Wo, O, K, pad, stride, slab_rows, slab_cols;
-
-  WeightGradShape(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> gd, int64_t K,
-                  int64_t stride)
-      : N(xd[0]), H(xd[1]), W(xd[2]), C(xd[3]), Ho(gd[1]), Wo(gd[2]), O(gd[3]), K(K),
-        pad(K / 2), stride(stride), slab_rows((Ho - 1) * stride + K),
-        slab_cols(std::max(pad + W, (Wo - 1) * stride + K)) {}
-
-  int64_t taps() const { return K * K * C * O; }
-};
-
-// dk = the sum over all images of add_group(n0, images, dk_copy)'s products: the images
-// are split into fixed chunks, each summed in order into its own copy of dk, and the
-// copies are added in order, so the result does not depend on which thread ran what and a
-// run repeats bit for bit (chunks: two per pool thread, at most 64 MiB). Within a chunk,
-// images are taken in groups of about 512 KiB of inputs (`image_bytes` each): each tile
-// of dk then sums over the group's images while it stays in L1. (Image by image, deep
-// layers with small maps and large kernels, 7x7x512 -> 3x3x512x512, would stream the
-// whole of dk through memory once per image.)
-template <typename F>
-void SumOverImageGroups(ffi::ThreadPool& pool, int64_t N, int64_t taps, int64_t image_bytes,
-                        float* out, F add_group) {
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t by_memory = std::max<int64_t>(1, (int64_t{64} << 20) / (taps * 4));
-  const int64_t chunks = std::min({N, 2 * threads, by_memory});
-  std::vector<float> partial(chunks * taps, 0.f);
-  const int64_t group = std::max<int64_t>(1, (int64_t{512} << 10) / image_bytes);
-  ParallelFor(pool, chunks, NumWorkers(pool, chunks), [&](int64_t chunk) {
-    const int64_t n_end = (chunk + 1) * N / chunks;
-    for (int64_t n0 = chunk * N / chunks; n0 < n_end; n0 += group) {
-      add_group(n0, std::min(group, n_end - n0), partial.data() + chunk * taps);
-    }
-  });
-  std::memcpy(out, partial.data(), taps * sizeof(float));
-  for (int64_t k = 1; k < chunks; ++k) {
-    const float* part = partial.data() + k * taps;
-    for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
-  }
-}
-
 // dk [K, K, C, O] (float32) from x and dy, both float32 or both bfloat16 bits (widened to
 // float32 as they are read): float32 multiply-adds.
 template <typename G>
@@ -553,40 +397,6 @@ void WeightGradOf(ffi::ThreadPool& pool, const G* xs, const G* gs, const WeightG
 }
 
 #if defined(__AVX512BF16__)
-// out[2k] = a[k], out[2k + 1] = b[k] (0 where b is null), k < n: two rows of bfloat16
-// values side by side in pairs, as vdpbf16ps reads them.
-inline void InterleavePairs(const uint16_t* a, const uint16_t* b, int64_t n, uint16_t* out) {
-  const __m512i order = _mm512_set_epi16(
-      31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
-      4, 19, 3, 18, 2, 17, 1, 16, 0);
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16) {
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
-    const __m256i hi = b ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + k))
-                         : _mm256_setzero_si256();
-    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-    _mm512_storeu_si512(out + 2 * k, _mm512_permutexvar_epi16(order, both));
-  }
-  for (; k < n; ++k) {
-    out[2 * k] = a[k];
-    out[2 * k + 1] = b ? b[k] : 0;
-  }
-}
-
-// Input rows [r0, r1) of images `a` and `b` ([H, W, C] each; b null: zeros) side by side,
-// [rows][slab_cols][C][2], into a slab of pairs as FillSlab lays out one image.
-void FillPairedSlab(const uint16_t* a, const uint16_t* b, int64_t H, int64_t W, int64_t C,
-                    int64_t r0, int64_t r1, int64_t pad, int64_t slab_cols, uint16_t* slab) {
-  for (int64_t r = r0; r < r1; ++r) {
-    uint16_t* dst = slab + ((r - r0) * slab_cols + pad) * C * 2;
-    if (r < 0 || r >= H) {
-      std::memset(dst, 0, W * C * 2 * sizeof(uint16_t));
-    } else {
-      InterleavePairs(a + r * W * C, b ? b + r * W * C : nullptr, W * C, dst);
-    }
-  }
-}
-
 // Adds to the tile dk[i, j, c0:c0+CB, o0:o0+16*NO] the products of `pairs` pairs of images:
 // `xs` holds each pair's padded inputs, the two images' values side by side,
 // [slab rows][slab cols][C][2], `x_step` apart, and `gs` their output gradients likewise,
@@ -686,166 +496,6 @@ void WeightGradPairedBf16(ffi::ThreadPool& pool, const uint16_t* xs, const uint1
   });
 }
 
-#if defined(RESNET_JAX_AMX)
-// The weight gradient on AMX tiles, per tap (i, j): dk[i, j]^T [O, C] = dy^T x, summed over
-// pairs of images and pixels. A tile of dy^T is 16 output channels by kp pixels of a row,
-// each a pair of bfloat16 values (the two images'), read from a transposed copy of the
-// pair's output gradients, [O][Ho][Wp][2] (Wp: Wo rounded up to kp, zeros past Wo); a tile
-// of x is kp pixels by NC input channels of the paired slab (FillPairedSlab), read in
-// place, one pixel to the next stride * C apart, so any stride works. kp is 16, or Wo when
-// smaller; NC is 16, or C when smaller. MO x NCB float32 tiles (0-3) sum a group of pairs;
-// then each is added, transposed, to dk.
-
-// out[c][r] = in[r][c] for 16 rows of 16 32-bit values (`in_step` and `out_step` apart),
-// of which the first `rows` are read (the others are zeros) and the first `cols` of each
-// out row written.
-inline void Transpose16x16(const uint32_t* in, int64_t in_step, int64_t rows, uint32_t* out,
-                           int64_t out_step, int64_t cols) {
-  __m512i r[16], t[16];
-  for (int k = 0; k < 16; ++k) {
-    r[k] = k < rows ? _mm512_loadu_si512(in + k * in_step) : _mm512_setzero_si512();
-  }
-  for (int k = 0; k < 16; k += 2) {  // within 128-bit lanes: pairs of rows
-    t[k] = _mm512_unpacklo_epi32(r[k], r[k + 1]);
-    t[k + 1] = _mm512_unpackhi_epi32(r[k], r[k + 1]);
-  }
-  for (int k = 0; k < 16; k += 4) {  // quads of rows: r[k + q] holds lane column q
-    r[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
-    r[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
-    r[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
-    r[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
-  }
-  for (int k = 0; k < 4; ++k) {  // 128-bit lanes across quads of rows
-    t[k] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0x88);
-    t[k + 4] = _mm512_shuffle_i32x4(r[k], r[k + 4], 0xdd);
-    t[k + 8] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0x88);
-    t[k + 12] = _mm512_shuffle_i32x4(r[k + 8], r[k + 12], 0xdd);
-  }
-  const __mmask16 mask = static_cast<__mmask16>((1u << cols) - 1);
-  for (int k = 0; k < 8; ++k) {  // t[k] and t[k + 8] hold columns k % 4 + 4 (k / 4) (+ 8)
-    const int col = k % 4 + 4 * (k / 4);
-    _mm512_mask_storeu_epi32(out + col * out_step, mask,
-                             _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88));
-    _mm512_mask_storeu_epi32(out + (col + 8) * out_step, mask,
-                             _mm512_shuffle_i32x4(t[k], t[k + 8], 0xdd));
-  }
-}
-
-// The two images' output gradients (b null: zeros), [Ho][Wo][O] each, as [O][Ho][Wp][2]
-// (zeros past Wo): side by side in pairs, then transposed 16 pixels by 16 outputs at a time.
-void TransposePairedGrads(const uint16_t* a, const uint16_t* b, int64_t Ho, int64_t Wo,
-                          int64_t Wp, int64_t O, uint16_t* out) {
-  thread_local std::vector<uint16_t> pairs;
-  pairs.resize(Ho * Wo * O * 2);
-  InterleavePairs(a, b, Ho * Wo * O, pairs.data());
-  const uint32_t* in = reinterpret_cast<const uint32_t*>(pairs.data());
-  uint32_t* dst = reinterpret_cast<uint32_t*>(out);
-  for (int64_t h = 0; h < Ho; ++h) {
-    for (int64_t w0 = 0; w0 < Wp; w0 += 16) {
-      for (int64_t o0 = 0; o0 < O; o0 += 16) {
-        Transpose16x16(in + (h * Wo + w0) * O + o0, O, std::clamp<int64_t>(Wo - w0, 0, 16),
-                       dst + (o0 * Ho + h) * Wp + w0, Ho * Wp, std::min<int64_t>(Wp - w0, 16));
-      }
-    }
-  }
-}
-
-struct AmxWeightGradShape {
-  WeightGradShape d;
-  int64_t kp, Wp, NC, slab_cols, x_pair_size, g_pair_size;
-
-  explicit AmxWeightGradShape(const WeightGradShape& d)
-      : d(d), kp(std::min<int64_t>(d.Wo, 16)), Wp((d.Wo + kp - 1) / kp * kp),
-        NC(std::min<int64_t>(d.C, 16)),
-        slab_cols(std::max(d.pad + d.W, (Wp - 1) * d.stride + d.K)),
-        x_pair_size(d.slab_rows * slab_cols * d.C * 2), g_pair_size(d.O * d.Ho * Wp * 2) {}
-};
-
-// Adds to dk_tap [C, O] the tiles of output channels [o0, o0 + 16 MO) by input channels
-// [c0, c0 + NC NCB) at tap (i, j), summed over `pairs` pairs of images.
-template <int MO, int NCB, int... I>
-void WeightGradBlockAmx(const uint16_t* x_pairs, const uint16_t* g_pairs, int64_t pairs,
-                        const AmxWeightGradShape& s, int64_t i, int64_t j, int64_t o0,
-                        int64_t c0, float* dk_tap, std::integer_sequence<int, I...>) {
-  const WeightGradShape& d = s.d;
-  (amx::Zero<I>(), ...);
-  const int64_t g_stride = d.Ho * s.Wp * 4, x_stride = d.stride * d.C * 4;
-  for (int64_t m = 0; m < pairs; ++m) {
-    for (int64_t h = 0; h < d.Ho; ++h) {
-      const uint16_t* g_row = g_pairs + m * s.g_pair_size + (o0 * d.Ho + h) * s.Wp * 2;
-      const uint16_t* x_row = x_pairs + m * s.x_pair_size +
-                              (((h * d.stride + i) * s.slab_cols + j) * d.C + c0) * 2;
-      for (int64_t w0 = 0; w0 < d.Wo; w0 += s.kp) {
-        amx::Load<4>(g_row + 2 * w0, g_stride);
-        if constexpr (MO == 2) amx::Load<5>(g_row + 16 * d.Ho * s.Wp * 2 + 2 * w0, g_stride);
-        amx::Load<6>(x_row + w0 * d.stride * d.C * 2, x_stride);
-        if constexpr (NCB == 2) amx::Load<7>(x_row + w0 * d.stride * d.C * 2 + 32, x_stride);
-        (amx::Dot<I, 4 + I / NCB, 6 + I % NCB>(), ...);
-      }
-    }
-  }
-  alignas(64) float tile[MO * NCB][16 * 16];
-  (amx::Store<I>(tile[I], 64), ...);
-  for (int t = 0; t < MO * NCB; ++t) {
-    const int64_t o1 = o0 + 16 * (t / NCB), c1 = c0 + s.NC * (t % NCB);
-    for (int64_t c = 0; c < s.NC; ++c) {
-      for (int64_t o = 0; o < 16; ++o) dk_tap[(c1 + c) * d.O + o1 + o] += tile[t][o * 16 + c];
-    }
-  }
-}
-
-// (With fewer than 16 input channels, the stem's, vdpbf16ps is faster.)
-bool AmxWeightGradFits(const WeightGradShape& d) { return amx::Usable() && d.C % 16 == 0; }
-
-template <int MO, int NCB>
-void WeightGradPairedAmx(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
-                         const AmxWeightGradShape& s, float* out) {
-  const WeightGradShape& d = s.d;
-  amx::TileConfig config;
-  for (int t = 0; t < 4; ++t) config.Set(t, 16, 4 * s.NC);
-  for (int t = 4; t < 6; ++t) config.Set(t, 16, 4 * s.kp);
-  for (int t = 6; t < 8; ++t) config.Set(t, s.kp, 4 * s.NC);
-  const int64_t image_x = d.H * d.W * d.C, image_g = d.Ho * d.Wo * d.O;
-  const int64_t pair_bytes = 2 * (s.x_pair_size + s.g_pair_size);
-  SumOverImageGroups(pool, (d.N + 1) / 2, d.taps(), pair_bytes, out,
-                     [&](int64_t p0, int64_t pairs, float* dk) {
-    uint16_t* x_pairs = PaddedSlab<uint16_t, 1>(pairs * d.slab_rows, s.slab_cols, 2 * d.C);
-    thread_local std::vector<uint16_t> g_pairs;
-    g_pairs.resize(pairs * s.g_pair_size);
-    for (int64_t m = 0; m < pairs; ++m) {
-      const int64_t n = 2 * (p0 + m);
-      const bool both = n + 1 < d.N;
-      FillPairedSlab(xs + n * image_x, both ? xs + (n + 1) * image_x : nullptr, d.H, d.W, d.C,
-                     -d.pad, d.slab_rows - d.pad, d.pad, s.slab_cols,
-                     x_pairs + m * s.x_pair_size);
-      TransposePairedGrads(gs + n * image_g, both ? gs + (n + 1) * image_g : nullptr, d.Ho,
-                           d.Wo, s.Wp, d.O, g_pairs.data() + m * s.g_pair_size);
-    }
-    EnsureTileConfig(config);
-    for (int64_t i = 0; i < d.K; ++i) {
-      for (int64_t j = 0; j < d.K; ++j) {
-        float* tap = dk + (i * d.K + j) * d.C * d.O;
-        for (int64_t o0 = 0; o0 < d.O; o0 += 16 * MO) {
-          for (int64_t c0 = 0; c0 < d.C; c0 += s.NC * NCB) {
-            WeightGradBlockAmx<MO, NCB>(x_pairs, g_pairs.data(), pairs, s, i, j, o0, c0, tap,
-                                        std::make_integer_sequence<int, MO * NCB>());
-          }
-        }
-      }
-    }
-  });
-}
-
-void WeightGradAmx(ffi::ThreadPool& pool, const uint16_t* xs, const uint16_t* gs,
-                   const WeightGradShape& d, float* out) {
-  const AmxWeightGradShape s(d);
-  const bool two_o = d.O % 32 == 0, two_c = d.C % 32 == 0;
-  if (two_o && two_c) return WeightGradPairedAmx<2, 2>(pool, xs, gs, s, out);
-  if (two_o) return WeightGradPairedAmx<2, 1>(pool, xs, gs, s, out);
-  if (two_c) return WeightGradPairedAmx<1, 2>(pool, xs, gs, s, out);
-  return WeightGradPairedAmx<1, 1>(pool, xs, gs, s, out);
-}
-#endif
 #endif
 
 // float32 x and dy, or bfloat16 ones (on vdpbf16ps where the library has it, else
@@ -861,12 +511,10 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<D> x, ffi::Buffer<D> dy,
   const WeightGradShape shape(x.dimensions(), dy.dimensions(), dk->dimensions()[0], stride);
 #if defined(__AVX512BF16__)
   if constexpr (D == ffi::BF16) {
-#if defined(RESNET_JAX_AMX)
-    if (AmxWeightGradFits(shape)) {
-      WeightGradAmx(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
+    if (WeightGradAmx(pool, x.typed_data(), x.dimensions(), dy.typed_data(), dy.dimensions(),
+                      shape.K, stride, dk->typed_data())) {
       return ffi::Error::Success();
     }
-#endif
     WeightGradPairedBf16(pool, x.typed_data(), dy.typed_data(), shape, dk->typed_data());
     return ffi::Error::Success();
   }
@@ -912,9 +560,7 @@ extern "C" const char* resnet_kernels_isa() {
 // "avx512_bf16" (vdpbf16ps), or "" where it was built without them (then
 // resnet_conv2d_bf16_forward fails, and the Python side never calls it).
 extern "C" const char* resnet_kernels_bf16() {
-#if defined(RESNET_JAX_AMX)
-  if (amx::Permitted()) return "amx_bf16";
-#endif
+  if (AmxPermitted()) return "amx_bf16";
 #if defined(__AVX512BF16__)
   return "avx512_bf16";
 #else
@@ -924,8 +570,4 @@ extern "C" const char* resnet_kernels_bf16() {
 
 // Whether the bfloat16 convolutions may use AMX tiles where the library has them (the
 // default) or keep to vdpbf16ps: for tests and benchmarks that compare the two.
-extern "C" void resnet_kernels_set_amx(int on) {
-#if defined(RESNET_JAX_AMX)
-  amx::enabled.store(on != 0);
-#endif
-}
+extern "C" void resnet_kernels_set_amx(int on) { EnableAmx(on != 0); }

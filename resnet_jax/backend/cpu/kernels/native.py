@@ -28,8 +28,9 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax import file_lock, user_cache
 
 _HERE = Path(__file__).parent
-SOURCES = (_HERE / 'conv2d.cc', _HERE / 'batchnorm.cc', _HERE / 'pooling.cc')
-HEADERS = (_HERE / 'parallel.h', _HERE / 'amx.h')
+SOURCES = (_HERE / 'conv2d.cc', _HERE / 'conv2d_amx.cc', _HERE / 'batchnorm.cc',
+           _HERE / 'pooling.cc')
+HEADERS = (_HERE / 'parallel.h', _HERE / 'slabs.h', _HERE / 'amx.h', _HERE / 'conv2d_amx.h')
 TARGETS = ('resnet_conv2d_forward', 'resnet_conv2d_weight_grad', 'resnet_conv2d_bf16_forward',
            'resnet_conv2d_bf16_weight_grad', 'resnet_bn_stats',
            'resnet_bn_apply', 'resnet_bn_apply_add', 'resnet_bn_grad_stats',
