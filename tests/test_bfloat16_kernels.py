@@ -141,12 +141,21 @@ def test_bfloat16_is_kept_off_the_cpu_and_with_the_tuned_tiles(monkeypatch):
     assert backend.compute_dtype('bfloat16', 'xla', 'gpu') == jnp.bfloat16
     assert backend.compute_dtype('float32', 'auto', 'cpu') == jnp.float32
     assert backend.compute_dtype('bfloat16', 'xla', 'cpu') == jnp.float32
-    monkeypatch.setattr(native, 'cpu_vendor', lambda: 'AuthenticAMD')
-    monkeypatch.setattr(native, 'host_bf16_isa', lambda: 'avx512_bf16')
-    want = jnp.bfloat16 if _bfloat16_ready() else jnp.float32
-    assert backend.compute_dtype('bfloat16', 'auto', 'cpu') == want
-    monkeypatch.setattr(native, 'cpu_vendor', lambda: 'GenuineIntel')  # not tested there
-    assert backend.compute_dtype('bfloat16', 'auto', 'cpu') == jnp.float32
+    ready = _bfloat16_ready()
+    want = jnp.bfloat16 if ready else jnp.float32
+    monkeypatch.setattr(conv, 'bfloat16_ready', lambda: ready)
+
+    def on(vendor, isa, loaded=None):  # a CPU of this vendor, its library using `loaded`
+        monkeypatch.setattr(native, 'cpu_vendor', lambda: vendor)
+        monkeypatch.setattr(native, 'host_bf16_isa', lambda: isa)
+        monkeypatch.setattr(native, 'loaded_bf16_isa', lambda: loaded or isa)
+        return backend.compute_dtype('bfloat16', 'auto', 'cpu')
+
+    assert on('AuthenticAMD', 'avx512_bf16') == want
+    assert on('GenuineIntel', 'amx_bf16') == want
+    assert on('GenuineIntel', 'avx512_bf16') == jnp.float32  # slower than float32 there
+    # An AMX CPU whose OS refused the tile state: vdpbf16ps alone, float32 instead.
+    assert on('GenuineIntel', 'amx_bf16', loaded='avx512_bf16') == jnp.float32
 
 
 @needs_bf16_tiles

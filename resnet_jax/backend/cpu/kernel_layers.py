@@ -26,7 +26,7 @@ from resnet_jax.models.layers import XLA_LAYERS, Conv, FusingBatchNorm, Layers, 
 TUNED = ('avx512',)
 # The CPU kinds, (vendor, bfloat16 instructions of native.BF16_ISAS), on which the bfloat16
 # tiles were tested and measured to beat float32 (docs/cpu.md): where 'auto' uses them.
-TUNED_BF16 = (('AuthenticAMD', 'avx512_bf16'),)
+TUNED_BF16 = (('AuthenticAMD', 'avx512_bf16'), ('GenuineIntel', 'amx_bf16'))
 
 _CONVOLUTIONS = Layers(
     conv=functools.partial(Conv, conv_general_dilated=conv.conv_general_dilated,
@@ -86,6 +86,10 @@ def _why_not_bfloat16(choice: str) -> str | None:
         return f'the CPU kernels are unavailable ({e})'
     if not conv.bfloat16_ready():
         return "the CPU kernels have no bfloat16 tiles for this CPU (they need avx512_bf16)"
+    if choice == 'auto' and (native.cpu_vendor(), native.loaded_bf16_isa()) not in TUNED_BF16:
+        # An AMX CPU whose OS did not grant the tile state: vdpbf16ps alone, untuned there.
+        return (f'the CPU kernels run {native.loaded_bf16_isa()} here, not the tuned '
+                f'{native.host_bf16_isa()}')
     return None
 
 
