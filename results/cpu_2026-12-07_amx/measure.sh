@@ -16,3 +16,10 @@ python benchmarks/cpu_vs_torch.py --case experiments/cifar10.py:resnet20@128 \
 python benchmarks/cpu_vs_torch.py --case experiments/r50.py@32 \
   --contenders jax-kernels@$BEFORE:bfloat16,jax:bfloat16,torch:bfloat16,jax,jax-xla,torch \
   --repeats 5 --steps 1 --json $OUT/r50.json > $OUT/r50.txt 2> /tmp/amx2.err
+# Accuracy: ResNet-20, short schedule, bfloat16 on AMX, seeds 0 and 1 (run from a checkout of
+# 06b832c; the workdirs' config, metrics and final evaluation are in accuracy/).
+for seed in 0 1; do
+  python -m resnet_jax.main --config experiments/cifar10.py:resnet20,short \
+    --workdir workdirs/bf16_$seed --config.data_dir=../shared/data/cifar10-jpeg \
+    --config.dtype=bfloat16 --config.seed=$seed > workdirs/bf16_$seed.log 2>&1
+done

@@ -98,15 +98,15 @@ void StoreOutputTile(const Runs& runs, int64_t k, int64_t p0, int64_t rows, uint
   }
 }
 
-// MB x NB tiles (0-3) of M positions by 16 outputs, from position p0 of run k and output
-// o0: MB tiles of inputs (4, 5), NB of weights (6, 7), kc channels (kc / 2 pairs) at a time.
+// MB x NB tiles (0-3) of M positions by 16 outputs, from position p0 of run k (whose
+// inputs at tap (0, 0) start at `run`) and output o0: MB tiles of inputs (4, 5), NB of
+// weights (6, 7), kc channels (kc / 2 pairs) at a time.
 template <int MB, int NB, int... I>
-void ForwardBlock(const uint16_t* slab, const Runs& runs, int64_t k, int64_t p0, int64_t M,
+void ForwardBlock(const uint16_t* run, const Runs& runs, int64_t k, int64_t p0, int64_t M,
                   int64_t K, int64_t C, int64_t kc, int64_t O, const uint16_t* kernel,
                   int64_t o0, uint16_t* out, int64_t row_step, std::integer_sequence<int, I...>) {
   (amx::Zero<I>(), ...);
   const int64_t x_stride = runs.stride * C * 2, k_stride = O * 4;
-  const uint16_t* run = slab + (runs.Start(k) + runs.stride * p0) * C;
   for (int64_t i = 0; i < K; ++i) {
     for (int64_t j = 0; j < K; ++j) {
       const uint16_t* xs = run + (i * runs.slab_cols + j) * C;
@@ -147,16 +147,30 @@ void ForwardTiles(ffi::ThreadPool& pool, const uint16_t* xs, ffi::Span<const int
     const int64_t n = task / bands, h0 = (task % bands) * band_rows;
     const int64_t h1 = std::min(Ho, h0 + band_rows);
     if (h0 >= h1) return;
-    uint16_t* slab = PaddedSlab<uint16_t, 2>(slab_rows, slab_cols, C);
-    FillSlab(xs + n * H * W * C, H, W, C, h0 * stride - pad, (h1 - 1) * stride - pad + K, pad,
-             slab_cols, slab);
+    // A 1x1 convolution at stride 1 reads its inputs in place, but for a last block that
+    // would read past the band (past the array, in the last image).
+    const bool in_place = K == 1 && stride == 1;
+    const uint16_t* slab = xs + (n * H + h0) * W * C;
+    if (!in_place) {
+      uint16_t* padded = PaddedSlab<uint16_t, 2>(slab_rows, slab_cols, C);
+      FillSlab(xs + n * H * W * C, H, W, C, h0 * stride - pad, (h1 - 1) * stride - pad + K,
+               pad, slab_cols, padded);
+      slab = padded;
+    }
     EnsureTileConfig(config);
     const Runs runs(h1 - h0, Wo, stride, slab_cols);
     uint16_t* out = ys + (n * Ho + h0) * Wo * O;
     for (int64_t k = 0; k < runs.count; ++k) {
       for (int64_t p0 = 0; p0 < runs.length; p0 += M * MB) {
+        const uint16_t* run = slab + (runs.Start(k) + runs.stride * p0) * C;
+        if (in_place && p0 + M * MB > runs.length) {
+          thread_local std::vector<uint16_t> tail;
+          tail.assign(M * MB * C, 0);
+          std::memcpy(tail.data(), run, (runs.length - p0) * C * sizeof(uint16_t));
+          run = tail.data();
+        }
         for (int64_t o0 = 0; o0 < O; o0 += 16 * NB) {
-          ForwardBlock<MB, NB>(slab, runs, k, p0, M, K, C, kc, O, kernel, o0, out, Wo * O,
+          ForwardBlock<MB, NB>(run, runs, k, p0, M, K, C, kc, O, kernel, o0, out, Wo * O,
                                std::make_integer_sequence<int, MB * NB>());
         }
       }
