@@ -70,6 +70,10 @@ def _normal(key, shape):
     # Rows wider than two AMX tiles, the last partly filled; 48 channels (AMX takes 32 at a
     # time forward: vdpbf16ps there; 16 in the weight gradient); 16 outputs.
     ((3, 5, 37, 48), (3, 3, 48, 16), 1),
+    # Batches of small maps: AMX takes groups of whole images per task (here 3, 3, 3, 1),
+    # 1x1 ones reading their inputs in place.
+    ((10, 4, 5, 32), (3, 3, 32, 32), 1),
+    ((10, 3, 5, 32), (1, 1, 32, 32), 1),
 ])
 def test_bfloat16_convolution_is_float32_rounded_once(shape, kernel_shape, stride, bf16_path):
     x, kernel = _normal(0, shape), _normal(1, kernel_shape)

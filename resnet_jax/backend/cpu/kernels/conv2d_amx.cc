@@ -134,44 +134,56 @@ void ForwardTiles(ffi::ThreadPool& pool, const uint16_t* xs, ffi::Span<const int
   // takes time in proportion to its rows).
   const int64_t M = stride == 1 ? 16 : std::min<int64_t>(Wo, 16);
   const int64_t slab_cols = std::max(pad + W, (Wo - 1) * stride + K);
+  // Tasks are bands of output rows of one image, enough of them to keep every worker busy,
+  // or, where whole images are enough, groups of images: each pair of weight tiles is then
+  // used for the positions of the whole group while it stays in L2 (image by image, the
+  // deep layers' small maps streamed their 4.7 MB of weights from memory per image).
   const int64_t workers = NumWorkers(pool, N * Ho);
   const int64_t bands = std::min<int64_t>(Ho, (4 * workers + N - 1) / N);
   const int64_t band_rows = (Ho + bands - 1) / bands;
+  const int64_t positions = Ho * (stride == 1 ? slab_cols : Wo);
+  const int64_t group = bands > 1 ? 1 : std::clamp<int64_t>(2048 / positions, 1,
+                                                            (N + 2 * workers - 1) / (2 * workers));
+  const int64_t groups = (N + group - 1) / group;
   const int64_t slab_rows = (band_rows - 1) * stride + K +
                             Runs(band_rows, Wo, stride, slab_cols).SpareRows(M * MB);
+  const int64_t slab_size = slab_rows * slab_cols * C;
   amx::TileConfig config;
   for (int t = 0; t < 4; ++t) config.Set(t, M, 64);
   for (int t = 4; t < 6; ++t) config.Set(t, M, 2 * kc);
   for (int t = 6; t < 8; ++t) config.Set(t, kc / 2, 64);
-  ParallelFor(pool, N * bands, workers, [&](int64_t task) {
-    const int64_t n = task / bands, h0 = (task % bands) * band_rows;
-    const int64_t h1 = std::min(Ho, h0 + band_rows);
+  // A 1x1 convolution at stride 1 reads its inputs in place, but for a last block that
+  // would read past the band (past the array, in the last image).
+  const bool in_place = K == 1 && stride == 1;
+  ParallelFor(pool, groups * bands, workers, [&](int64_t task) {
+    const int64_t n0 = task / bands * group, n1 = std::min(N, n0 + group);
+    const int64_t h0 = (task % bands) * band_rows, h1 = std::min(Ho, h0 + band_rows);
     if (h0 >= h1) return;
-    // A 1x1 convolution at stride 1 reads its inputs in place, but for a last block that
-    // would read past the band (past the array, in the last image).
-    const bool in_place = K == 1 && stride == 1;
-    const uint16_t* slab = xs + (n * H + h0) * W * C;
-    if (!in_place) {
-      uint16_t* padded = PaddedSlab<uint16_t, 2>(slab_rows, slab_cols, C);
+    uint16_t* padded = in_place ? nullptr
+                                : PaddedSlab<uint16_t, 2>(group * slab_rows, slab_cols, C);
+    for (int64_t n = n0; n < n1 && !in_place; ++n) {
       FillSlab(xs + n * H * W * C, H, W, C, h0 * stride - pad, (h1 - 1) * stride - pad + K,
-               pad, slab_cols, padded);
-      slab = padded;
+               pad, slab_cols, padded + (n - n0) * slab_size);
     }
     EnsureTileConfig(config);
     const Runs runs(h1 - h0, Wo, stride, slab_cols);
-    uint16_t* out = ys + (n * Ho + h0) * Wo * O;
-    for (int64_t k = 0; k < runs.count; ++k) {
-      for (int64_t p0 = 0; p0 < runs.length; p0 += M * MB) {
-        const uint16_t* run = slab + (runs.Start(k) + runs.stride * p0) * C;
-        if (in_place && p0 + M * MB > runs.length) {
-          thread_local std::vector<uint16_t> tail;
-          tail.assign(M * MB * C, 0);
-          std::memcpy(tail.data(), run, (runs.length - p0) * C * sizeof(uint16_t));
-          run = tail.data();
-        }
-        for (int64_t o0 = 0; o0 < O; o0 += 16 * NB) {
-          ForwardBlock<MB, NB>(run, runs, k, p0, M, K, C, kc, O, kernel, o0, out, Wo * O,
-                               std::make_integer_sequence<int, MB * NB>());
+    for (int64_t o0 = 0; o0 < O; o0 += 16 * NB) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const uint16_t* slab =
+            in_place ? xs + (n * H + h0) * W * C : padded + (n - n0) * slab_size;
+        uint16_t* out = ys + (n * Ho + h0) * Wo * O;
+        for (int64_t k = 0; k < runs.count; ++k) {
+          for (int64_t p0 = 0; p0 < runs.length; p0 += M * MB) {
+            const uint16_t* run = slab + (runs.Start(k) + runs.stride * p0) * C;
+            if (in_place && p0 + M * MB > runs.length) {
+              thread_local std::vector<uint16_t> tail;
+              tail.assign(M * MB * C, 0);
+              std::memcpy(tail.data(), run, (runs.length - p0) * C * sizeof(uint16_t));
+              run = tail.data();
+            }
+            ForwardBlock<MB, NB>(run, runs, k, p0, M, K, C, kc, O, kernel, o0, out, Wo * O,
+                                 std::make_integer_sequence<int, MB * NB>());
+          }
         }
       }
     }
