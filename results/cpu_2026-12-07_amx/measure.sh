@@ -6,7 +6,7 @@
 set -x
 cd "$(dirname "$0")/../.."  # the repository root
 OUT=results/cpu_2026-12-07_amx
-BEFORE=${BEFORE:-/work/before}
+BEFORE=${BEFORE:?set BEFORE to a checkout of 9e6813c}
 grep -o -w -E 'avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | sort -u > $OUT/cpu_flags.txt
 python benchmarks/conv_kernels.py --repeats 51 > $OUT/conv_kernels.txt 2> /tmp/amx0.err
 python benchmarks/cpu_vs_torch.py --case experiments/cifar10.py:resnet20@128 \

@@ -4,7 +4,7 @@
 set -x
 cd "$(dirname "$0")/../.."
 OUT=results/cpu_2026-12-07_amx
-BEFORE=${BEFORE:-/work/acc}
+BEFORE=${BEFORE:?set BEFORE to a checkout of 06b832c}
 python benchmarks/cpu_vs_torch.py --case experiments/r50.py@32 \
   --contenders jax@$BEFORE:bfloat16,jax:bfloat16,torch:bfloat16,jax,torch --repeats 9 --steps 1 \
   --json $OUT/r50_after.json > $OUT/r50_after.txt 2> /tmp/amx3.err
