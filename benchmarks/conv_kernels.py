@@ -43,7 +43,8 @@ def main(argv=None) -> None:
     if (jnp.dtype(jnp.bfloat16), True) in runs and not conv.bfloat16_ready():
         print('bfloat16: no bfloat16 tiles on this CPU; timing float32 only')
         runs = [run for run in runs if run[0] != jnp.bfloat16]
-    if (jnp.dtype(jnp.bfloat16), True) in runs and native.loaded_bf16_isa() == 'amx_bf16':
+    has_amx = (jnp.dtype(jnp.bfloat16), True) in runs and native.loaded_bf16_isa() == 'amx_bf16'
+    if has_amx:
         runs.append((jnp.dtype(jnp.bfloat16), False))
     print(f'{"shape":>24} {"dtype":>18} {"forward ms":>11} {"GFLOP/s":>8} '
           f'{"weight grad ms":>15} {"GFLOP/s":>8}')
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
             if dtype == jnp.bfloat16:
                 native.use_amx(amx)
             name = dtype.name
-            if dtype == jnp.bfloat16 and native.loaded_bf16_isa() == 'amx_bf16':
+            if dtype == jnp.bfloat16 and has_amx:
                 name += '/amx' if amx else '/vdpbf16ps'
             x = jax.random.normal(keys[0], (args.batch, side, side, cin), dtype)
             kernel = jax.random.normal(keys[1], (3, 3, cin, cout), dtype)

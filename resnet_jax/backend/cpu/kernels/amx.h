@@ -21,7 +21,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 
 namespace resnet_jax::amx {
 
@@ -77,9 +76,6 @@ template <int C, int A, int B>
 inline void Dot() {
   asm volatile("tdpbf16ps %%tmm%c2, %%tmm%c1, %%tmm%c0" ::"n"(C), "n"(A), "n"(B));
 }
-
-// Hands the tile state back (after a kernel's last tile instruction on a thread).
-inline void Release() { _tile_release(); }
 
 }  // namespace resnet_jax::amx
 

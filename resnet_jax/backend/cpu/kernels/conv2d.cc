@@ -22,8 +22,6 @@
 #include <cstring>
 #include <iterator>
 #include <memory>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "conv2d_amx.h"
@@ -134,7 +132,6 @@ void ForwardRowBf16(const uint16_t* slab, int64_t slab_cols, int64_t K, int64_t 
   }
 }
 #endif
-
 
 template <typename T>
 using ForwardRowFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, const T*,
