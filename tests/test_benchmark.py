@@ -115,7 +115,12 @@ def test_gpu_benchmark_script_runs_small_on_a_cpu(tmp_path):
     """benchmarks/gpu_benchmark.sh with SMALL=1: every JAX case of the GPU run, shrunk, on
     the CPU, each writing its figures (the script runs on a GPU only when one is at hand).
     It checks the script, not a CPU's speed: the suite's XLA flags, which halve the
-    compile of its ResNet-50."""
+    compile of its ResNet-50.
+
+    It is also the suite's ResNet-50 trained on 2 devices, on the CPU kernels where they
+    are tuned (bfloat16 tiles, else float32): XLA runs independent kernel calls side by
+    side, and each must finish when every pool thread is busy with another (waiting for its
+    helpers instead once hung this step)."""
     env = {**os.environ, 'SMALL': '1', 'SKIP_F32': '1', 'OUTPUT': str(tmp_path),
            'PATH': f'{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
     done = subprocess.run(['bash', str(REPO / 'benchmarks' / 'gpu_benchmark.sh')], cwd=REPO,

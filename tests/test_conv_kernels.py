@@ -275,37 +275,6 @@ def test_library_depends_on_source_and_compiler(monkeypatch, tmp_path):
     assert native.library_path().name != path.name
 
 
-
-TINY_RESNET50_STEPS = '''
-import jax
-from resnet_jax import configs
-from resnet_jax.training import benchmark
-
-config = configs.get_base_config()
-config.update(dict(dataset='synthetic', image_size=64, num_classes=10, batch_size=8,
-                   total_steps=10))
-config.model.name = 'resnet50'
-steps = benchmark.build_steps(config)
-for step in range(3):
-    jax.block_until_ready(steps.train(step))
-print('done')
-'''
-
-
-@pytest.mark.slow
-def test_concurrent_kernel_calls_do_not_wait_for_each_other():
-    """Each call offers work to XLA's thread pool and must finish when every pool thread is
-    busy with another operation (XLA runs independent ones side by side): it then does the
-    work alone. Waiting for its helpers instead once hung this ResNet-50 step; with jax
-    0.10.2 that wait, put back, did not hang it (2 runs under the suite's flags, 2 under
-    XLA's defaults, 2026-12-07), so what this still shows is that ResNet-50 trains on the
-    kernels on 2 devices; under the suite's flags, which compile it faster."""
-    result = subprocess.run([sys.executable, '-c', TINY_RESNET50_STEPS], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith('done')
-
-
 REPEATED_WEIGHT_GRADS = '''
 import sys, pathlib
 import jax

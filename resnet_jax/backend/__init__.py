@@ -53,7 +53,7 @@ def compute_dtype(dtype: str, cpu_kernels: str, platform: str) -> jnp.dtype:
 
 
 def jit_options(platform: str) -> dict[str, Any]:
-    """Keyword arguments of `jax.jit` for the train steps on `platform`."""
+    """Keyword arguments of `jax.jit` for the train and evaluation steps on `platform`."""
     if platform != 'cpu':
         return {}
     from resnet_jax.backend.cpu import compiler

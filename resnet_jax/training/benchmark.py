@@ -189,6 +189,7 @@ class CompiledSteps:
     train_compile_s: float
     eval_compile_s: float
     train_compiled: Any
+    eval_compiled: Any
     train: Callable[[int], Any]
     evaluate: Callable[[int], Any]
 
@@ -260,7 +261,8 @@ def build_steps(
         return eval_compiled(state, images, labels, eval_indices, eval_mask)
 
     return CompiledSteps(model, image_size, batch_size, eval_batch_size, mesh.devices.size,
-                         train_compile_s, eval_compile_s, train_compiled, train_one, evaluate)
+                         train_compile_s, eval_compile_s, train_compiled, eval_compiled,
+                         train_one, evaluate)
 
 
 def run_benchmark(

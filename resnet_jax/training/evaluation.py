@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from resnet_jax import parallel
+from resnet_jax import backend, parallel
 from resnet_jax.inputs import base
 from resnet_jax.training.train_state import TrainState
 
@@ -56,7 +56,7 @@ def make_in_memory_eval_step(model: nn.Module, mesh, normalize: Normalize) -> Ca
             'count': jnp.sum(mask),
         }
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, **backend.jit_options(parallel.platform(mesh)))
 
 
 def evaluate_in_memory(eval_step: Callable, state, images, labels, batch_size: int,
@@ -93,7 +93,7 @@ class LocalPredictor:
             logits = model.apply(variables, batch, train=False)
             return jax.nn.softmax(logits.astype(jnp.float32))
 
-        self._predict = jax.jit(predict)
+        self._predict = jax.jit(predict, **backend.jit_options(parallel.platform(mesh)))
 
     def local_variables(self, state) -> dict:
         """This process's replica of the (replicated, global) parameters and statistics."""

@@ -1,4 +1,5 @@
-"""XLA:CPU compiler options for the train step, and the optimization barriers they keep.
+"""XLA:CPU compiler options for the train and eval steps, and the optimization barriers
+they keep.
 
 XLA:CPU computes the weight gradient of a convolution from transposed copies of the
 convolution's input and of its output gradient. Left alone, it fuses the elementwise chains
