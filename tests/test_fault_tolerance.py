@@ -1,7 +1,8 @@
 """Fault tolerance: kill and resume, SIGTERM, bad checkpoints, incompatible runs, bad disks.
 
 The kill tests run the real main job in subprocesses (2 simulated CPU devices, as the
-rest of the suite) and kill them for real.
+rest of the suite) and kill them for real; the uninterrupted runs they are compared with
+run in this process (the same devices, flags and compiled steps).
 """
 
 import json
@@ -20,17 +21,19 @@ import orbax.checkpoint as ocp
 import pytest
 from stopping import signal_when_logged
 
+from resnet_jax.paper import reproduce
 from resnet_jax.runs import checkpoint, preemption, workdir
 from resnet_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOTAL = 12
-COMMAND = [
-    sys.executable, '-m', 'resnet_jax.main', '--config', 'tests/tiny_config.py',
-    '--config.synthetic.num_eval_examples=16', f'--config.total_steps={TOTAL}',
-    '--config.log_every_steps=1', '--config.checkpoint_every_steps=3',
-    '--config.eval_every_steps=6',
+MAIN = [sys.executable, '-m', 'resnet_jax.main']
+TINY_RUN = [
+    '--config', 'tests/tiny_config.py', '--config.synthetic.num_eval_examples=16',
+    f'--config.total_steps={TOTAL}', '--config.log_every_steps=1',
+    '--config.checkpoint_every_steps=3', '--config.eval_every_steps=6',
 ]
+COMMAND = [*MAIN, *TINY_RUN]
 
 
 def run_to_end(workdir, command=COMMAND):
@@ -38,6 +41,15 @@ def run_to_end(workdir, command=COMMAND):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def run_in_process(workdir, run: list[str]) -> None:
+    """The run of `python -m resnet_jax.main RUN` in this process: the same devices, XLA
+    flags and compiled steps as the subprocesses, which inherit this environment; the
+    references the killed runs are compared with, without a process start each."""
+    (config_flag, spec, *overrides) = run
+    assert config_flag == '--config', run
+    train.train_and_evaluate(reproduce.build_config(spec, overrides), str(workdir))
 
 
 def start_and_signal(workdir, at_step: int | None, signum: int, command=COMMAND,
@@ -62,7 +74,7 @@ def logged_train_steps(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
     path = tmp_path_factory.mktemp('uninterrupted')
-    run_to_end(path)
+    run_in_process(path, TINY_RUN)
     return path
 
 
@@ -88,13 +100,14 @@ def test_sigkill_then_rerun_equals_a_run_never_stopped(tmp_path, uninterrupted):
         (uninterrupted / 'final_eval.json').read_text())
 
 
-def streaming_command(data_dir) -> list[str]:
-    """The main job streaming an image folder (3 steps per epoch), saves every 4 steps."""
+def streaming_run(data_dir) -> list[str]:
+    """The main job's flags to stream an image folder (3 steps per epoch), saving every 4
+    steps."""
     return [
-        sys.executable, '-m', 'resnet_jax.main', '--config', 'experiments/smoke.py',
-        '--config.pipeline=streaming', '--config.dataset=image_folder',
-        f'--config.data_dir={data_dir}', '--config.num_classes=3', '--config.image_size=32',
-        '--config.model.name=cifar_resnet8', '--config.streaming.scale_range=(36,48)',
+        '--config', 'experiments/smoke.py', '--config.pipeline=streaming',
+        '--config.dataset=image_folder', f'--config.data_dir={data_dir}',
+        '--config.num_classes=3', '--config.image_size=32', '--config.model.name=cifar_resnet8',
+        '--config.streaming.scale_range=(36,48)',
         '--config.streaming.eval_resize=36', '--config.streaming.lighting_std=0.1',
         '--config.batch_size=6', '--config.eval_batch_size=4', f'--config.total_steps={TOTAL}',
         '--config.log_every_steps=1', '--config.checkpoint_every_steps=4',
@@ -107,9 +120,10 @@ def test_sigkill_then_rerun_equals_a_run_never_stopped_when_streaming(tmp_path):
     pytest.importorskip('tensorflow')
     from streaming_helpers import write_folder
 
-    command = streaming_command(write_folder(tmp_path / 'folder'))
+    run = streaming_run(write_folder(tmp_path / 'folder'))
+    command = [*MAIN, *run]
     uninterrupted_run = tmp_path / 'uninterrupted'
-    run_to_end(uninterrupted_run, command)
+    run_in_process(uninterrupted_run, run)
     killed_run = tmp_path / 'killed'
     killed = start_and_signal(killed_run, at_step=7, signum=signal.SIGKILL, command=command)
     assert killed.returncode == -signal.SIGKILL
