@@ -28,13 +28,53 @@ import tiny_config as tiny_config_file  # noqa: E402
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+# The files that take longest, longest first: seconds of one worker, clean clone, 2 AMD EPYC
+# cores with AVX-512, 2026-12-07 (docs/performance.md). Only the order matters, and it holds
+# on the AVX2 machines too, where each takes about twice as long.
+LONGEST_FIRST = (
+    'test_multiprocess.py',  # 62
+    'test_fault_tolerance.py',  # 57
+    'test_readme.py',  # 55
+    'test_reproduce.py',  # 33
+    'test_models.py',  # 33
+    'test_benchmark.py',  # 32
+    'test_errors.py',  # 30
+    'test_kernels_avx2.py',  # 25
+    'test_custom_blocks.py',  # 25
+    'test_no_device_stalls.py',  # 21
+    'test_main.py',  # 20
+    'test_large_batch.py',  # 19
+    'test_conv_kernels.py',  # 18
+    'test_train.py',  # 17
+    'test_data.py',  # 16
+    'test_streaming.py',  # 15
+    'test_convert.py',  # 15
+    'test_bfloat16_kernels.py',  # 14
+    'test_summary.py',  # 12
+    'test_preactivation.py',  # 12
+    'test_init_from.py',  # 11
+    'test_cpu_fast_paths.py',  # 10
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files that hold end-to-end (`slow`) tests first, in their order: pytest-xdist
-    hands out whole files in this order, so the short files come last and the workers
-    finish together (by default it starts with the files of the most tests, which left one
-    worker alone with the README job at the end)."""
+    """The longest files first, then the other files with end-to-end (`slow`) tests, then
+    the rest: pytest-xdist hands out whole files in this order, so the last files are short
+    and the workers finish together (by default it starts with the files of the most tests,
+    which left one worker alone with the README job at the end; in alphabetical order one
+    was left alone with the 33 s of test_reproduce)."""
+    stale = [name for name in LONGEST_FIRST if not (REPO_ROOT / 'tests' / name).is_file()]
+    if stale:
+        raise pytest.UsageError(f'conftest.LONGEST_FIRST names {stale}, not in tests/: '
+                                'rename or remove them there')
     end_to_end = {item.path for item in items if item.get_closest_marker('slow')}
-    items.sort(key=lambda item: item.path not in end_to_end)
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name in LONGEST_FIRST:
+            return LONGEST_FIRST.index(item.path.name)
+        return len(LONGEST_FIRST) + (item.path not in end_to_end)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope='session')
