@@ -41,9 +41,14 @@ def reproduce(*args):
     return [sys.executable, '-m', 'resnet_jax.paper.reproduce', *args]
 
 
+def study_args(directory, *extra):
+    """The arguments of the tiny study's `python -m resnet_jax.paper.reproduce`."""
+    return ['cifar10', '--workdir', str(directory), '--models', 'resnet20,plain20',
+            '--schedule', 'short', *extra, *TINY]
+
+
 def study_command(directory, *extra):
-    return reproduce('cifar10', '--workdir', str(directory), '--models',
-                     'resnet20,plain20', '--schedule', 'short', *extra, *TINY)
+    return reproduce(*study_args(directory, *extra))
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +64,7 @@ def study(tmp_path_factory):
     resumed = subprocess.run(study_command(directory, '--parallel', '2'), cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     mtimes = {p: p.stat().st_mtime_ns for p in directory.glob('*/final_eval.json')}
-    again_argv = study_command(directory)[3:]  # after `python -m resnet_jax.paper.reproduce`
+    again_argv = study_args(directory)
     with contextlib.redirect_stderr(io.StringIO()) as stderr:
         returncode = reproduce_module.main(again_argv)
     again = subprocess.CompletedProcess(again_argv, returncode, '', stderr.getvalue())
